@@ -1,0 +1,257 @@
+"""Incremental user style preference: one update function per event kind, in numpy.
+
+A user's state is a decayed sum of image style vectors. Each contribution made at event time t
+counts 2 ** (-(t_ref - t) / half_life), where t_ref is the newest event time the state has seen, so
+the state is the same whatever order the events arrive in (up to floating-point rounding):
+
+- a download adds the image's style vector with weight `download_weight`;
+- once a search has led to at least one download, every result of it the user did not download adds
+  its style vector with weight `-impression_weight`, at the search's event time. A download may
+  arrive before its search: the state remembers it and applies the negatives when the search comes.
+
+The served vector is the normalised sum. A user without positive mass (no download) has no vector.
+
+>>> import numpy as np
+>>> params = PreferenceParams(half_life_days=30.0)
+>>> state = UserState.empty("u1", dim=2)
+>>> apply_download(state, "img-a", 0.0, np.array([1.0, 0.0]), None, params)
+>>> user_vector(state).tolist()
+[1.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+SECONDS_PER_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class PreferenceParams:
+    """Weights and decay of the preference update.
+
+    `impression_weight` is the magnitude of the negative weight of a result that was shown but not
+    downloaded; about 1 / (results per search) cancels the subject the user searched for.
+    `max_tracked_searches` bounds the searches remembered per user for linking downloads to them.
+    """
+
+    download_weight: float = 1.0
+    impression_weight: float = 0.05
+    half_life_days: float = 30.0
+    max_recent_downloads: int = 200
+    max_tracked_searches: int = 32
+
+    def __post_init__(self) -> None:
+        if not (self.half_life_days > 0 and math.isfinite(self.half_life_days)):
+            raise ValueError(f"half_life_days must be a positive number of days, got {self.half_life_days!r}")
+        if not (self.download_weight > 0 and math.isfinite(self.download_weight)):
+            raise ValueError(f"download_weight must be positive, got {self.download_weight!r}")
+        if not (self.impression_weight >= 0 and math.isfinite(self.impression_weight)):
+            raise ValueError(f"impression_weight must be zero or positive, got {self.impression_weight!r}")
+
+    @property
+    def half_life_seconds(self) -> float:
+        """Return the half-life in seconds."""
+        return self.half_life_days * SECONDS_PER_DAY
+
+
+def decay_factor(age_seconds: float | np.ndarray, half_life_seconds: float) -> float | np.ndarray:
+    """Return 2 ** (-age / half_life): the weight left of a contribution `age_seconds` old."""
+    return np.exp2(-np.asarray(age_seconds, dtype=np.float64) / half_life_seconds)
+
+
+@dataclass
+class SearchLink:
+    """A search remembered for linking downloads to it.
+
+    `results` is None while only downloads naming the search have arrived. `downloaded` lists the
+    images downloaded from it; negatives are in the sum exactly when both are present.
+    """
+
+    timestamp: float | None = None
+    results: list[str] | None = None
+    downloaded: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UserState:
+    """A user's decayed preference sum and the bookkeeping that keeps updates order-independent."""
+
+    user_id: str
+    vector: np.ndarray
+    t_ref: float | None = None
+    positive_mass: float = 0.0
+    event_count: int = 0
+    last_event_time: float | None = None
+    recent_downloads: list[tuple[float, str]] = field(default_factory=list)
+    searches: dict[str, SearchLink] = field(default_factory=dict)
+    applied_offsets: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, user_id: str, dim: int) -> "UserState":
+        """Create the state of a user with no events."""
+        return cls(user_id=user_id, vector=np.zeros(dim, dtype=np.float64))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Convert to plain JSON types for the table changelog."""
+        return {
+            "user_id": self.user_id,
+            "vector": self.vector.tolist(),
+            "t_ref": self.t_ref,
+            "positive_mass": self.positive_mass,
+            "event_count": self.event_count,
+            "last_event_time": self.last_event_time,
+            "recent_downloads": [[t, image_id] for t, image_id in self.recent_downloads],
+            "searches": {
+                search_id: [link.timestamp, link.results, link.downloaded] for search_id, link in self.searches.items()
+            },
+            "applied_offsets": self.applied_offsets,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "UserState":
+        """Rebuild a state from `to_dict` output."""
+        return cls(
+            user_id=data["user_id"],
+            vector=np.asarray(data["vector"], dtype=np.float64),
+            t_ref=data["t_ref"],
+            positive_mass=data["positive_mass"],
+            event_count=data["event_count"],
+            last_event_time=data["last_event_time"],
+            recent_downloads=[(t, image_id) for t, image_id in data["recent_downloads"]],
+            searches={
+                search_id: SearchLink(timestamp, results, list(downloaded))
+                for search_id, (timestamp, results, downloaded) in data["searches"].items()
+            },
+            applied_offsets=dict(data["applied_offsets"]),
+        )
+
+    def recent_download_ids(self) -> list[str]:
+        """Return the recently downloaded image ids, newest first."""
+        return [image_id for _, image_id in self.recent_downloads]
+
+
+def _add(state: UserState, weight: float, timestamp: float, vector: np.ndarray, params: PreferenceParams) -> None:
+    """Add weight * vector at event time `timestamp`, moving t_ref forward when the event is newer."""
+    half_life = params.half_life_seconds
+    if state.t_ref is None:
+        state.t_ref = timestamp
+    elif timestamp > state.t_ref:
+        shrink = float(decay_factor(timestamp - state.t_ref, half_life))
+        state.vector *= shrink
+        state.positive_mass *= shrink
+        state.t_ref = timestamp
+    state.vector += (weight * float(decay_factor(state.t_ref - timestamp, half_life))) * vector
+
+
+def _count_event(state: UserState, timestamp: float) -> None:
+    state.event_count += 1
+    if state.last_event_time is None or timestamp > state.last_event_time:
+        state.last_event_time = timestamp
+
+
+def _apply_negatives(
+    state: UserState, link: SearchLink, skip: set[str], vectors: Mapping[str, np.ndarray], params: PreferenceParams
+) -> None:
+    if params.impression_weight == 0 or link.results is None or link.timestamp is None:
+        return
+    for image_id in link.results:
+        if image_id not in skip:
+            _add(state, -params.impression_weight, link.timestamp, vectors[image_id], params)
+
+
+def _bound_searches(state: UserState, params: PreferenceParams) -> None:
+    """Forget the oldest searches beyond `max_tracked_searches` (their contributions stay in the sum)."""
+    excess = len(state.searches) - params.max_tracked_searches
+    if excess <= 0:
+        return
+    # NOTE: a download that arrives after its search was forgotten gets no negatives, so order
+    # independence holds only while each user has at most `max_tracked_searches` open searches.
+    by_age = sorted(state.searches.items(), key=lambda item: (item[1].timestamp or 0.0, item[0]))
+    for search_id, _ in by_age[:excess]:
+        del state.searches[search_id]
+
+
+def apply_download(
+    state: UserState,
+    image_id: str,
+    timestamp: float,
+    image_vector: np.ndarray,
+    search_id: str | None,
+    params: PreferenceParams,
+    result_vectors: Mapping[str, np.ndarray] | None = None,
+) -> None:
+    """Apply a download: add the image with the download weight and settle its search's negatives.
+
+    `result_vectors` must hold the style vector of every result of the linked search when that
+    search is already in the state (see `vectors_needed_for_download`).
+    """
+    _add(state, params.download_weight, timestamp, image_vector, params)
+    state.positive_mass += params.download_weight * float(decay_factor(state.t_ref - timestamp, params.half_life_seconds))
+    _count_event(state, timestamp)
+
+    state.recent_downloads.append((timestamp, image_id))
+    state.recent_downloads.sort(key=lambda item: (-item[0], item[1]))
+    del state.recent_downloads[params.max_recent_downloads:]
+
+    if search_id is None:
+        return
+    link = state.searches.setdefault(search_id, SearchLink())
+    if image_id in link.downloaded:
+        return
+    if link.results is not None and link.timestamp is not None:
+        if not link.downloaded:
+            _apply_negatives(state, link, {image_id}, result_vectors or {}, params)
+        elif image_id in link.results and params.impression_weight:
+            # The image was counted as an ignored impression by an earlier download; take that back.
+            _add(state, params.impression_weight, link.timestamp, image_vector, params)
+    link.downloaded.append(image_id)
+    _bound_searches(state, params)
+
+
+def apply_search(
+    state: UserState,
+    search_id: str,
+    timestamp: float,
+    results: list[str],
+    result_vectors: Mapping[str, np.ndarray],
+    params: PreferenceParams,
+) -> None:
+    """Apply a search: remember its results and, if downloads already named it, add its negatives.
+
+    Results without a style vector in `result_vectors` (images not yet known) are dropped. A search
+    id seen before with results is a duplicate and changes nothing.
+    """
+    _count_event(state, timestamp)
+    link = state.searches.setdefault(search_id, SearchLink())
+    if link.results is not None:
+        return
+    link.timestamp = timestamp
+    link.results = [image_id for image_id in results if image_id in result_vectors]
+    if link.downloaded:
+        _apply_negatives(state, link, set(link.downloaded), result_vectors, params)
+    _bound_searches(state, params)
+
+
+def vectors_needed_for_download(state: UserState, search_id: str | None) -> list[str]:
+    """Return the image ids whose vectors `apply_download` needs for the linked search."""
+    if search_id is None:
+        return []
+    link = state.searches.get(search_id)
+    if link is None or link.results is None or link.downloaded:
+        return []
+    return list(link.results)
+
+
+def user_vector(state: UserState, min_mass: float = 1e-12) -> np.ndarray | None:
+    """Return the served style vector: the normalised decayed sum, or None without positive mass."""
+    if state.positive_mass <= min_mass:
+        return None
+    norm = float(np.linalg.norm(state.vector))
+    if not math.isfinite(norm) or norm <= 1e-12:
+        return None
+    return state.vector / norm

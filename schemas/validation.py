@@ -1,0 +1,279 @@
+"""Strict validation of raw event bytes into records.
+
+Every rejection raises InvalidEvent with a machine-readable `reason` (the dead-letter reason) and a
+message that names the field and the offending value. The JSON Schema files in `schemas/json/`
+describe the same contracts for producers in other languages.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable
+
+import orjson
+
+from stylestream.schemas.errors import StylestreamError
+from stylestream.schemas.events import Download, Image, Search
+
+# Dead-letter reasons. They are stable strings: dashboards and alerts match on them.
+MALFORMED_JSON = "malformed_json"
+INVALID_UTF8 = "invalid_utf8"
+OVERSIZE = "oversize"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_FIELD = "missing_field"
+UNKNOWN_FIELD = "unknown_field"
+INVALID_TYPE = "invalid_type"
+INVALID_ID = "invalid_id"
+NON_FINITE = "non_finite"
+INVALID_DIMENSION = "invalid_dimension"
+INVALID_TIMESTAMP = "invalid_timestamp"
+LIST_TOO_LONG = "list_too_long"
+DUPLICATE_ID = "duplicate_id"
+KEY_MISMATCH = "key_mismatch"
+UNKNOWN_IMAGE = "unknown_image"
+
+
+class InvalidEvent(StylestreamError, ValueError):
+    """An event that breaks its contract. `reason` is the dead-letter reason."""
+
+    def __init__(self, reason: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds applied to every event. The defaults suit a marketplace; all are configurable.
+
+    `deep_dim` and `colors_dim` are the feature dimensions the style encoder expects; None accepts
+    any length up to `max_vector_length`.
+    """
+
+    max_message_bytes: int = 256 * 1024
+    max_id_length: int = 256
+    max_query_length: int = 1024
+    max_results: int = 1000
+    max_labels: int = 256
+    max_vector_length: int = 8192
+    max_future_seconds: float = 86400.0
+    deep_dim: int | None = None
+    colors_dim: int | None = None
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _decode(raw: bytes | str | None, limits: Limits) -> dict[str, Any]:
+    """Decode one message value into a JSON object, with size and encoding checks."""
+    if raw is None:
+        raise InvalidEvent(MALFORMED_JSON, "message value is empty (a tombstone); expected a JSON object")
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > limits.max_message_bytes:
+        raise InvalidEvent(
+            OVERSIZE,
+            f"message is {len(raw)} bytes, over the limit of {limits.max_message_bytes} bytes "
+            "(raise STYLESTREAM_MAX_MESSAGE_BYTES if such events are legitimate)",
+        )
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(INVALID_UTF8, f"message is not valid UTF-8: {exc}") from None
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(MALFORMED_JSON, f"message is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidEvent(NOT_AN_OBJECT, f"message is JSON {type(document).__name__}; expected an object")
+    return document
+
+
+def _check_fields(document: dict[str, Any], required: set[str], optional: set[str]) -> None:
+    for name in sorted(required):
+        if name not in document:
+            raise InvalidEvent(MISSING_FIELD, f"field {name!r} is missing", name)
+    for name in sorted(document):
+        if name not in required and name not in optional:
+            allowed = ", ".join(sorted(required | optional))
+            raise InvalidEvent(UNKNOWN_FIELD, f"field {name!r} is not part of the contract (allowed: {allowed})", name)
+
+
+def _id(document: dict[str, Any], name: str, limits: Limits, *, optional: bool = False) -> str | None:
+    value = document.get(name)
+    if value is None and optional:
+        return None
+    return _id_value(value, name, limits)
+
+
+def _id_value(value: Any, name: str, limits: Limits) -> str:
+    if not isinstance(value, str):
+        raise InvalidEvent(INVALID_TYPE, f"field {name!r} must be a string, got {_preview(value)}", name)
+    if not value or not value.strip():
+        raise InvalidEvent(INVALID_ID, f"field {name!r} must not be empty", name)
+    if len(value) > limits.max_id_length:
+        raise InvalidEvent(
+            INVALID_ID, f"field {name!r} is {len(value)} characters, over the limit of {limits.max_id_length}", name
+        )
+    if any(ord(char) < 32 for char in value):
+        raise InvalidEvent(INVALID_ID, f"field {name!r} contains control characters: {_preview(value)}", name)
+    return value
+
+
+def parse_timestamp(value: Any, name: str = "timestamp", limits: Limits | None = None) -> float:
+    """Convert epoch seconds or an ISO-8601 string with a UTC offset into float epoch seconds."""
+    limits = limits or Limits()
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidEvent(
+            INVALID_TYPE, f"field {name!r} must be epoch seconds or an ISO-8601 string, got {_preview(value)}", name
+        )
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidEvent(
+                INVALID_TIMESTAMP, f"field {name!r} is not an ISO-8601 date-time: {_preview(value)}", name
+            ) from None
+        if parsed.tzinfo is None:
+            raise InvalidEvent(
+                INVALID_TIMESTAMP,
+                f"field {name!r} has no UTC offset: {_preview(value)}; append 'Z' or an offset such as +00:00",
+                name,
+            )
+        seconds = parsed.timestamp()
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds):
+        raise InvalidEvent(NON_FINITE, f"field {name!r} must be finite, got {_preview(value)}", name)
+    if seconds < 0:
+        raise InvalidEvent(INVALID_TIMESTAMP, f"field {name!r} is before 1970: {_preview(value)}", name)
+    horizon = time.time() + limits.max_future_seconds
+    if seconds > horizon:
+        raise InvalidEvent(
+            INVALID_TIMESTAMP,
+            f"field {name!r} is {seconds - time.time():.0f} s in the future, more than the "
+            f"{limits.max_future_seconds:.0f} s allowed: {_preview(value)}",
+            name,
+        )
+    return seconds
+
+
+def _id_list(document: dict[str, Any], name: str, limits: Limits, max_length: int) -> list[str]:
+    value = document.get(name)
+    if not isinstance(value, list):
+        raise InvalidEvent(INVALID_TYPE, f"field {name!r} must be a list of strings, got {_preview(value)}", name)
+    if len(value) > max_length:
+        raise InvalidEvent(LIST_TOO_LONG, f"field {name!r} has {len(value)} items, over the limit of {max_length}", name)
+    items = [_id_value(item, f"{name}[{index}]", limits) for index, item in enumerate(value)]
+    if len(set(items)) != len(items):
+        seen: set[str] = set()
+        duplicate = next(item for item in items if item in seen or seen.add(item))
+        raise InvalidEvent(DUPLICATE_ID, f"field {name!r} lists {duplicate!r} more than once", name)
+    return items
+
+
+def _vector(document: dict[str, Any], name: str, limits: Limits, expected_dim: int | None) -> list[float]:
+    value = document.get(name)
+    if not isinstance(value, list):
+        raise InvalidEvent(INVALID_TYPE, f"field {name!r} must be a list of numbers, got {_preview(value)}", name)
+    if expected_dim is not None and len(value) != expected_dim:
+        raise InvalidEvent(
+            INVALID_DIMENSION, f"field {name!r} has {len(value)} values; the style encoder expects {expected_dim}", name
+        )
+    if len(value) > limits.max_vector_length:
+        raise InvalidEvent(
+            LIST_TOO_LONG, f"field {name!r} has {len(value)} values, over the limit of {limits.max_vector_length}", name
+        )
+    for index, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise InvalidEvent(INVALID_TYPE, f"field {name}[{index}] must be a number, got {_preview(item)}", name)
+        if not math.isfinite(item):
+            raise InvalidEvent(NON_FINITE, f"field {name}[{index}] must be finite, got {item}", name)
+    return [float(item) for item in value]
+
+
+def _text(document: dict[str, Any], name: str, max_length: int) -> str:
+    value = document.get(name)
+    if not isinstance(value, str):
+        raise InvalidEvent(INVALID_TYPE, f"field {name!r} must be a string, got {_preview(value)}", name)
+    if len(value) > max_length:
+        raise InvalidEvent(LIST_TOO_LONG, f"field {name!r} is {len(value)} characters, over the limit of {max_length}", name)
+    return value
+
+
+def _check_key(key: bytes | str | None, expected: str, name: str) -> None:
+    if key is None:
+        return
+    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    if text != expected:
+        raise InvalidEvent(
+            KEY_MISMATCH, f"message key {_preview(text)} differs from field {name!r} = {_preview(expected)}", name
+        )
+
+
+def parse_download(raw: bytes | str | None, limits: Limits = Limits(), key: bytes | str | None = None) -> Download:
+    """Validate a downloads message and return its record."""
+    document = _decode(raw, limits)
+    _check_fields(document, {"event_id", "user_id", "image_id", "timestamp"}, {"search_id"})
+    record = Download(
+        event_id=_id(document, "event_id", limits),
+        user_id=_id(document, "user_id", limits),
+        image_id=_id(document, "image_id", limits),
+        timestamp=parse_timestamp(document["timestamp"], limits=limits),
+        search_id=_id(document, "search_id", limits, optional=True),
+    )
+    _check_key(key, record.user_id, "user_id")
+    return record
+
+
+def parse_search(raw: bytes | str | None, limits: Limits = Limits(), key: bytes | str | None = None) -> Search:
+    """Validate a searches message and return its record."""
+    document = _decode(raw, limits)
+    _check_fields(document, {"event_id", "user_id", "search_id", "query", "timestamp", "results"}, set())
+    record = Search(
+        event_id=_id(document, "event_id", limits),
+        user_id=_id(document, "user_id", limits),
+        search_id=_id(document, "search_id", limits),
+        query=_text(document, "query", limits.max_query_length),
+        timestamp=parse_timestamp(document["timestamp"], limits=limits),
+        results=_id_list(document, "results", limits, limits.max_results),
+    )
+    _check_key(key, record.user_id, "user_id")
+    return record
+
+
+def parse_image(raw: bytes | str | None, limits: Limits = Limits(), key: bytes | str | None = None) -> Image:
+    """Validate an images message and return its record."""
+    document = _decode(raw, limits)
+    _check_fields(
+        document,
+        {"image_id", "timestamp", "deep", "colors", "categories", "keywords"},
+        {"creator", "metadata"},
+    )
+    metadata = document.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidEvent(INVALID_TYPE, f"field 'metadata' must be an object or null, got {_preview(metadata)}", "metadata")
+    record = Image(
+        image_id=_id(document, "image_id", limits),
+        timestamp=parse_timestamp(document["timestamp"], limits=limits),
+        deep=_vector(document, "deep", limits, limits.deep_dim),
+        colors=_vector(document, "colors", limits, limits.colors_dim),
+        categories=_id_list(document, "categories", limits, limits.max_labels),
+        keywords=_id_list(document, "keywords", limits, limits.max_labels),
+        creator=_id(document, "creator", limits, optional=True),
+        metadata=metadata,
+    )
+    _check_key(key, record.image_id, "image_id")
+    return record
+
+
+PARSERS: dict[str, Callable[..., Any]] = {
+    "downloads": parse_download,
+    "searches": parse_search,
+    "images": parse_image,
+}

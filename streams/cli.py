@@ -1,0 +1,240 @@
+"""The `stylestream` command line.
+
+Every setting can come from a STYLESTREAM_* environment variable; the flags below override them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from stylestream.schemas.errors import StylestreamError
+
+log = logging.getLogger("stylestream")
+
+SETTING_OPTIONS = [
+    click.option("--broker", help="Kafka URL (kafka://host:port) or 'embedded'. Env: STYLESTREAM_BROKER."),
+    click.option("--qdrant-url", help="Qdrant server URL; unset uses the embedded store. Env: STYLESTREAM_QDRANT_URL."),
+    click.option("--qdrant-api-key", help="Qdrant API key. Env: STYLESTREAM_QDRANT_API_KEY."),
+    click.option("--data-dir", type=click.Path(path_type=Path), help="Folder of the embedded store. Env: STYLESTREAM_DATA_DIR."),
+    click.option("--model", "model_path", type=click.Path(path_type=Path), help="Style encoder checkpoint. Env: STYLESTREAM_MODEL_PATH."),
+    click.option("--partitions", type=int, help="Partitions of downloads and searches. Env: STYLESTREAM_PARTITIONS."),
+    click.option("--half-life-days", type=float, help="Half-life of event weights in days. Env: STYLESTREAM_HALF_LIFE_DAYS."),
+    click.option("--download-weight", type=float, help="Weight of a download. Env: STYLESTREAM_DOWNLOAD_WEIGHT."),
+    click.option("--impression-weight", type=float, help="Negative weight of an ignored search result. Env: STYLESTREAM_IMPRESSION_WEIGHT."),
+    click.option("--flush-interval", type=float, help="Seconds between sink flushes. Env: STYLESTREAM_FLUSH_INTERVAL."),
+    click.option("--downloads-topic", help="Env: STYLESTREAM_DOWNLOADS_TOPIC."),
+    click.option("--searches-topic", help="Env: STYLESTREAM_SEARCHES_TOPIC."),
+    click.option("--images-topic", help="Env: STYLESTREAM_IMAGES_TOPIC."),
+    click.option("--web-port", type=int, help="Port of the worker's HTTP endpoints. Env: STYLESTREAM_WEB_PORT."),
+]
+
+
+def setting_options(function: Any) -> Any:
+    """Add the shared setting flags to a command."""
+    for option in reversed(SETTING_OPTIONS):
+        function = option(function)
+    return function
+
+
+def build_settings(overrides: dict[str, Any]) -> Any:
+    """Build Settings from the environment, overridden by the flags that were given."""
+    from stylestream.streams.settings import Settings
+
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors())
+        raise click.UsageError(f"invalid settings: {problems}") from None
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Log to stderr; keep the Kafka client libraries at WARNING."""
+    logging.basicConfig(level=level, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("kafka", "aiokafka", "faust.transport", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class CliGroup(click.Group):
+    """A click group that turns stylestream errors into one-line messages and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StylestreamError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=CliGroup)
+def main() -> None:
+    """stylestream: real-time visual-style preference vectors from Kafka events, served from Qdrant."""
+
+
+@main.command()
+@click.option("--port", type=int, default=9092, show_default=True, help="Broker port on 127.0.0.1 (0 picks a free port).")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=Path("data/kafka"), show_default=True, help="Broker data folder.")
+def broker(port: int, work_dir: Path) -> None:
+    """Run the embedded Apache Kafka broker in the foreground until interrupted."""
+    from stylestream.streams.broker import EmbeddedKafka
+
+    configure_logging()
+    kafka = EmbeddedKafka(port=port, work_dir=work_dir)
+    kafka.start()
+    click.echo(f"Apache Kafka is running on {kafka.url}; press Ctrl-C to stop.")
+    signal.signal(signal.SIGTERM, lambda *_: kafka.stop())
+    try:
+        kafka.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        kafka.stop()
+
+
+@main.command()
+@setting_options
+def worker(**overrides: Any) -> None:
+    """Run the stream worker: agents for images, downloads and searches, and the Qdrant sink."""
+    settings = build_settings(overrides)
+    configure_logging(settings.log_level)
+    from stylestream.streams.worker import run_worker
+
+    sys.exit(run_worker(settings))
+
+
+@main.command()
+@click.argument("topic")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(["downloads", "searches", "images"]), help="Event kind when the topic has another name.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@setting_options
+def produce(topic: str, files: tuple[Path, ...], kind: str | None, no_progress: bool, **overrides: Any) -> None:
+    """Send JSONL or CSV events from FILES into TOPIC (the broker must be a kafka:// URL)."""
+    from stylestream.streams.produce import produce_file
+    from stylestream.streams.topics import declare_topics
+
+    settings = build_settings(overrides)
+    configure_logging("WARNING")
+    if settings.broker == "embedded":
+        raise click.UsageError("produce needs a running broker: pass --broker kafka://HOST:PORT or set STYLESTREAM_BROKER")
+    declare_topics(settings)
+    total = sum(produce_file(settings.bootstrap_servers, topic, path, kind, progress=not no_progress) for path in files)
+    click.echo(f"Produced {total} messages to {topic}")
+
+
+@main.command()
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--images", type=int, default=2000, show_default=True)
+@click.option("--users", type=int, default=200, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+def simulate(output: Path, images: int, users: int, seed: int) -> None:
+    """Write a simulated marketplace (images, searches, downloads as JSONL, and truth.json) to OUTPUT."""
+    from stylestream.models.simulation import SimulationConfig
+    from stylestream.models.simulation import simulate as run_simulation
+
+    marketplace = run_simulation(SimulationConfig(images=images, users=users, seed=seed))
+    paths = marketplace.write(output)
+    click.echo(f"Wrote {len(marketplace.images)} images and {marketplace.event_count} events to {output}")
+    for name, path in paths.items():
+        click.echo(f"  {name}: {path}")
+
+
+def _query_target(settings: Any) -> tuple[str, Any]:
+    """Return ('http', client) when a worker owns the embedded store, else ('store', StyleStore)."""
+    from stylestream.streams.client import WorkerClient
+    from stylestream.streams.store import StyleStore
+    from stylestream.streams.worker import read_worker_address
+
+    if not settings.qdrant_url:
+        address = read_worker_address(settings)
+        if address is not None:
+            return "http", WorkerClient(address)
+    return "store", StyleStore(settings)
+
+
+@main.command()
+@click.argument("user_id")
+@click.option("-k", "--k", "k", type=int, default=10, show_default=True, help="Number of images.")
+@click.option("--categories", default="", help="Comma-separated categories; keep images with any of them.")
+@click.option("--keywords", default="", help="Comma-separated keywords; keep images with any of them.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@setting_options
+def recommend(user_id: str, k: int, categories: str, keywords: str, as_json: bool, **overrides: Any) -> None:
+    """Print the images nearest to USER_ID's style, without images the user downloaded."""
+    from stylestream.streams.query import recommend as run_recommend
+
+    settings = build_settings(overrides)
+    configure_logging("WARNING")
+    category_list = [c for c in categories.split(",") if c]
+    keyword_list = [c for c in keywords.split(",") if c]
+    kind, target = _query_target(settings)
+    if kind == "http":
+        result = target.recommend(user_id, k, category_list, keyword_list)
+    else:
+        try:
+            result = run_recommend(target, user_id, k, category_list, keyword_list).to_dict()
+        finally:
+            target.close()
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"Recommendations for {user_id} ({result['source']}):")
+    for item in result["items"]:
+        click.echo(f"  {item['image_id']}  {item['score']:.4f}  {','.join(item.get('categories', []))}")
+
+
+@main.command()
+@click.argument("user_id")
+@click.argument("image_ids", nargs=-1, required=True)
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of style similarity against the original rank.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@setting_options
+def rerank(user_id: str, image_ids: tuple[str, ...], alpha: float, as_json: bool, **overrides: Any) -> None:
+    """Re-order IMAGE_IDS (search results in rank order) by USER_ID's style."""
+    from stylestream.streams.query import rerank as run_rerank
+
+    settings = build_settings(overrides)
+    configure_logging("WARNING")
+    kind, target = _query_target(settings)
+    if kind == "http":
+        result = target.rerank(user_id, list(image_ids), alpha)
+    else:
+        try:
+            result = run_rerank(target, user_id, list(image_ids), alpha)
+        finally:
+            target.close()
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"Re-ranked for {user_id} ({result['source']}, alpha {alpha}):")
+    for item in result["items"]:
+        click.echo(f"  {item['image_id']}  score {item['score']:.4f}  was #{item['original_rank'] + 1}  style {item['style_similarity']:.3f}")
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/demo"), show_default=True, help="Emptied and reused.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures as JSON.")
+@click.option("--images", type=int, default=2000, show_default=True)
+@click.option("--users", type=int, default=200, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--broker", help="Use this kafka:// broker instead of starting the embedded one.")
+def demo(data_dir: Path, json_path: Path | None, images: int, users: int, seed: int, broker: str | None) -> None:
+    """Run everything: embedded Kafka, a worker, a simulated marketplace, recommendations and figures."""
+    from stylestream.models.simulation import SimulationConfig
+    from stylestream.streams.demo import run_demo, write_figures
+
+    configure_logging("WARNING")
+    figures = run_demo(data_dir, SimulationConfig(images=images, users=users, seed=seed), broker=broker)
+    write_figures(figures, json_path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The user-state path of an event: validate, look up style vectors, update the table, mark for the sink.
+
+Each user's state records the last applied offset per source topic-partition, so a redelivered
+event (after a crash or rebalance) changes nothing. Table reads and writes happen without an await
+in between, so the downloads and searches agents never interleave on one user.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, MutableMapping
+
+from stylestream.models.preference import (
+    PreferenceParams,
+    UserState,
+    apply_download,
+    apply_search,
+    vectors_needed_for_download,
+)
+from stylestream.schemas.events import Download, Search
+from stylestream.schemas.validation import UNKNOWN_IMAGE, InvalidEvent
+from stylestream.streams.images import ImageVectorCache
+from stylestream.streams.stats import WorkerStats
+
+log = logging.getLogger(__name__)
+
+
+class UserProcessor:
+    """Apply validated downloads and searches to the user-state table."""
+
+    def __init__(
+        self,
+        table: MutableMapping[str, Any],
+        images: ImageVectorCache,
+        params: PreferenceParams,
+        style_dim: int,
+        stats: WorkerStats,
+        on_change: Callable[[str], None],
+        image_wait_seconds: float,
+    ) -> None:
+        self.table = table
+        self.images = images
+        self.params = params
+        self.style_dim = style_dim
+        self.stats = stats
+        self.on_change = on_change
+        self.image_wait_seconds = image_wait_seconds
+
+    def _state(self, user_id: str) -> UserState:
+        stored = self.table.get(user_id)
+        return UserState.from_dict(stored) if stored else UserState.empty(user_id, self.style_dim)
+
+    def _is_duplicate(self, state: UserState, source: str, offset: int) -> bool:
+        applied = state.applied_offsets.get(source)
+        return applied is not None and offset <= applied
+
+    def _commit(self, state: UserState, source: str, offset: int) -> None:
+        state.applied_offsets[source] = offset
+        self.table[state.user_id] = state.to_dict()
+        self.on_change(state.user_id)
+
+    async def download(self, event: Download, source: str, offset: int) -> bool:
+        """Apply a download from `source` (topic:partition) at `offset`; return False for a duplicate.
+
+        Raises InvalidEvent with reason `unknown_image` when the image stays unknown for
+        `image_wait_seconds`.
+        """
+        known = await self.images.wait_for([event.image_id], self.image_wait_seconds)
+        image_vector = known.get(event.image_id)
+        if image_vector is None:
+            raise InvalidEvent(
+                UNKNOWN_IMAGE,
+                f"image {event.image_id!r} is unknown after waiting {self.image_wait_seconds:.1f} s; "
+                "publish its images event first, then replay this dead letter",
+                "image_id",
+            )
+        while True:
+            # The linked search's results may need vectors; fetch them, then apply without awaiting.
+            needed = vectors_needed_for_download(self._state(event.user_id), event.search_id)
+            result_vectors = await self.images.get_many(needed) if needed else {}
+            state = self._state(event.user_id)
+            if self._is_duplicate(state, source, offset):
+                self.stats.duplicates["downloads"] += 1
+                return False
+            if set(vectors_needed_for_download(state, event.search_id)) <= set(result_vectors):
+                break
+        apply_download(state, event.image_id, event.timestamp, image_vector, event.search_id, self.params, result_vectors)
+        self._commit(state, source, offset)
+        self.stats.applied["downloads"] += 1
+        return True
+
+    async def search(self, event: Search, source: str, offset: int) -> bool:
+        """Apply a search from `source` (topic:partition) at `offset`; return False for a duplicate."""
+        result_vectors = await self.images.get_many(event.results)
+        missing = len(set(event.results)) - len(result_vectors)
+        if missing:
+            log.info("Search %s of user %s shows %d unknown images; they get no negative weight", event.search_id, event.user_id, missing)
+        state = self._state(event.user_id)
+        if self._is_duplicate(state, source, offset):
+            self.stats.duplicates["searches"] += 1
+            return False
+        apply_search(state, event.search_id, event.timestamp, event.results, result_vectors, self.params)
+        self._commit(state, source, offset)
+        self.stats.applied["searches"] += 1
+        return True

@@ -1,0 +1,233 @@
+"""The Qdrant store of image and user style vectors, embedded or on a server, behind one class.
+
+Point ids are deterministic: uuid5 of the image or user id, so an upsert of the same id replaces
+the point. The embedded store (qdrant-client local mode under `data_dir/qdrant`) is locked by the
+process that opens it; other processes query through the worker's HTTP endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+
+from stylestream.schemas.errors import StylestreamError
+from stylestream.streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_IMAGE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "stylestream/image")
+_USER_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "stylestream/user")
+
+
+class StoreError(StylestreamError):
+    """The vector store could not be opened or answered with an error."""
+
+
+class StoreLockedError(StoreError):
+    """The embedded store is open in another process, usually a running worker."""
+
+
+def image_point_id(image_id: str) -> str:
+    """Return the Qdrant point id of an image."""
+    return str(uuid.uuid5(_IMAGE_NAMESPACE, image_id))
+
+
+def user_point_id(user_id: str) -> str:
+    """Return the Qdrant point id of a user."""
+    return str(uuid.uuid5(_USER_NAMESPACE, user_id))
+
+
+@dataclass(frozen=True)
+class ScoredImage:
+    """An image returned by a query, with its similarity score and payload."""
+
+    image_id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class UserPoint:
+    """A user's stored style vector and payload."""
+
+    user_id: str
+    vector: np.ndarray
+    payload: dict[str, Any]
+
+
+def label_filter(categories: Sequence[str] = (), keywords: Sequence[str] = ()) -> list[qm.FieldCondition]:
+    """Return payload conditions that keep images having any of the categories and any of the keywords."""
+    conditions = []
+    if categories:
+        conditions.append(qm.FieldCondition(key="categories", match=qm.MatchAny(any=list(categories))))
+    if keywords:
+        conditions.append(qm.FieldCondition(key="keywords", match=qm.MatchAny(any=list(keywords))))
+    return conditions
+
+
+class StyleStore:
+    """Image and user collections in Qdrant: upserts, look-ups and nearest-image queries."""
+
+    def __init__(self, settings: Settings, client: QdrantClient | None = None) -> None:
+        self.settings = settings
+        self.images = settings.images_collection
+        self.users = settings.users_collection
+        self.client = client or open_client(settings)
+
+    def close(self) -> None:
+        """Close the client and release the embedded store's lock."""
+        self.client.close()
+
+    def ensure_collections(self, style_dim: int) -> None:
+        """Create the image and user collections when missing; check the vector size of existing ones."""
+        for name in (self.images, self.users):
+            if self.client.collection_exists(name):
+                info = self.client.get_collection(name)
+                size = info.config.params.vectors.size  # type: ignore[union-attr]
+                if size != style_dim:
+                    raise StoreError(
+                        f"collection {name!r} holds {size}-d vectors but the style encoder makes {style_dim}-d ones; "
+                        "rebuild into new collections with a new model version"
+                    )
+                continue
+            self.client.create_collection(name, vectors_config=qm.VectorParams(size=style_dim, distance=qm.Distance.COSINE))
+            log.info("Created Qdrant collection %s (%d-d, cosine)", name, style_dim)
+        for field in ("categories", "keywords"):
+            self.client.create_payload_index(self.images, field, qm.PayloadSchemaType.KEYWORD)
+
+    def upsert_images(self, payloads: Sequence[dict[str, Any]], vectors: np.ndarray) -> None:
+        """Upsert images in one request; each payload must hold `image_id`."""
+        points = [
+            qm.PointStruct(id=image_point_id(payload["image_id"]), vector=vector.tolist(), payload=payload)
+            for payload, vector in zip(payloads, vectors)
+        ]
+        if points:
+            self.client.upsert(self.images, points=points, wait=True)
+
+    def image_vectors(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """Return the style vectors of the known images among `image_ids`."""
+        ids = list(dict.fromkeys(image_ids))
+        if not ids:
+            return {}
+        points = self.client.retrieve(self.images, ids=[image_point_id(i) for i in ids], with_vectors=True, with_payload=["image_id"])
+        return {point.payload["image_id"]: np.asarray(point.vector, dtype=np.float64) for point in points}
+
+    def set_download_counts(self, counts: dict[str, int]) -> None:
+        """Store each image's total download count in its payload (used by the popularity fallback)."""
+        for image_id, count in counts.items():
+            self.client.set_payload(self.images, payload={"download_count": count}, points=[image_point_id(image_id)], wait=False)
+
+    def upsert_users(self, users: Sequence[tuple[str, np.ndarray, dict[str, Any]]]) -> None:
+        """Upsert users in one request, as (user_id, vector, payload) triples."""
+        points = [
+            qm.PointStruct(id=user_point_id(user_id), vector=np.asarray(vector, dtype=np.float32).tolist(), payload=payload)
+            for user_id, vector, payload in users
+        ]
+        if points:
+            self.client.upsert(self.users, points=points, wait=True)
+
+    def delete_users(self, user_ids: Sequence[str]) -> None:
+        """Delete user points, for users that no longer have a vector."""
+        if user_ids:
+            self.client.delete(self.users, points_selector=qm.PointIdsList(points=[user_point_id(u) for u in user_ids]))
+
+    def get_user(self, user_id: str) -> UserPoint | None:
+        """Return the user's stored vector and payload, or None when the user has no vector."""
+        points = self.client.retrieve(self.users, ids=[user_point_id(user_id)], with_vectors=True, with_payload=True)
+        if not points:
+            return None
+        point = points[0]
+        return UserPoint(user_id=user_id, vector=np.asarray(point.vector, dtype=np.float64), payload=dict(point.payload or {}))
+
+    def nearest_images(
+        self, vector: np.ndarray, k: int, exclude: Sequence[str] = (), conditions: Sequence[qm.FieldCondition] = ()
+    ) -> list[ScoredImage]:
+        """Return the k images nearest to `vector`, without the excluded image ids."""
+        query_filter = qm.Filter(
+            must=list(conditions) or None,
+            must_not=[qm.HasIdCondition(has_id=[image_point_id(i) for i in exclude])] if exclude else None,
+        )
+        response = self.client.query_points(
+            self.images, query=np.asarray(vector, dtype=np.float32).tolist(), limit=k, query_filter=query_filter, with_payload=True
+        )
+        return [ScoredImage(point.payload["image_id"], float(point.score), dict(point.payload)) for point in response.points]
+
+    def popular_images(self, k: int, exclude: Sequence[str] = (), conditions: Sequence[qm.FieldCondition] = ()) -> list[ScoredImage]:
+        """Return the k most downloaded images, most downloaded first, ties by image id."""
+        excluded = set(exclude)
+        ranked: list[tuple[int, str, dict[str, Any]]] = []
+        offset = None
+        query_filter = qm.Filter(must=list(conditions) or None)
+        # NOTE: this scans every image payload; a server deployment should index download_count
+        # and use scroll's order_by instead.
+        while True:
+            points, offset = self.client.scroll(self.images, scroll_filter=query_filter, limit=1000, offset=offset, with_payload=True)
+            for point in points:
+                payload = dict(point.payload or {})
+                if payload.get("image_id") not in excluded:
+                    ranked.append((int(payload.get("download_count", 0)), payload["image_id"], payload))
+            if offset is None:
+                break
+        ranked.sort(key=lambda item: (-item[0], item[1]))
+        return [ScoredImage(image_id, float(count), payload) for count, image_id, payload in ranked[:k]]
+
+    def count(self, collection: str) -> int:
+        """Return the number of points in a collection."""
+        return self.client.count(collection, exact=True).count
+
+
+def open_client(settings: Settings) -> QdrantClient:
+    """Open the Qdrant server at `qdrant_url`, or the embedded store under `data_dir/qdrant`.
+
+    Raises StoreLockedError when another process holds the embedded store.
+    """
+    if settings.qdrant_url:
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        log.info("Connecting to Qdrant at %s", settings.qdrant_url)
+        return QdrantClient(url=settings.qdrant_url, api_key=api_key)
+    path = settings.qdrant_path
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        return QdrantClient(path=str(path))
+    except RuntimeError as exc:
+        if "already accessed" in str(exc):
+            raise StoreLockedError(
+                f"the embedded Qdrant store at {path} is open in another process, usually a running worker. "
+                "Query through the worker's HTTP endpoints (the CLI does this when it finds a running worker), "
+                "stop the worker, or run Qdrant as a server and pass --qdrant-url."
+            ) from exc
+        raise
+
+
+class AsyncStyleStore:
+    """Run StyleStore calls on one dedicated thread, so the event loop never waits on Qdrant I/O.
+
+    One thread serialises every call, which the embedded store requires.
+    """
+
+    def __init__(self, store: StyleStore) -> None:
+        self.store = store
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant")
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call `StyleStore.<method>` on the store thread and return its result."""
+        return await self.run(getattr(self.store, method), *args, **kwargs)
+
+    async def run(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call `function(*args, **kwargs)` on the store thread and return its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(function, *args, **kwargs))
+
+    def close(self) -> None:
+        """Wait for queued calls, then close the store."""
+        self._executor.shutdown(wait=True)
+        self.store.close()
