@@ -43,7 +43,7 @@ class PreferenceParams:
     impression_weight: float = 0.05
     half_life_days: float = 30.0
     max_recent_downloads: int = 200
-    max_tracked_searches: int = 32
+    max_tracked_searches: int = 128
 
     def __post_init__(self) -> None:
         if not (self.half_life_days > 0 and math.isfinite(self.half_life_days)):

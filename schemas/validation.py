@@ -7,6 +7,7 @@ describe the same contracts for producers in other languages.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -88,10 +89,37 @@ def _decode(raw: bytes | str | None, limits: Limits) -> dict[str, Any]:
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        _raise_if_non_finite(raw)
         raise InvalidEvent(MALFORMED_JSON, f"message is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InvalidEvent(NOT_AN_OBJECT, f"message is JSON {type(document).__name__}; expected an object")
     return document
+
+
+def _reject_constant(name: str) -> None:
+    raise InvalidEvent(NON_FINITE, f"message contains {name}, which is not a finite number; send finite values only")
+
+
+def _has_infinity(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, list):
+        return any(_has_infinity(item) for item in value)
+    if isinstance(value, dict):
+        return any(_has_infinity(item) for item in value.values())
+    return False
+
+
+def _raise_if_non_finite(raw: bytes) -> None:
+    """Give NaN, Infinity and overflowing numbers (1e400) their own reason instead of malformed_json."""
+    try:
+        document = json.loads(raw, parse_constant=_reject_constant)
+    except InvalidEvent:
+        raise
+    except (ValueError, RecursionError):
+        return
+    if _has_infinity(document):
+        raise InvalidEvent(NON_FINITE, "message contains a number too large for a double; send finite values only")
 
 
 def _check_fields(document: dict[str, Any], required: set[str], optional: set[str]) -> None:

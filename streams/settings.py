@@ -44,7 +44,9 @@ class Settings(BaseSettings):
         0.05, ge=0, description="Magnitude of the negative weight of a search result shown but not downloaded."
     )
     max_recent_downloads: int = Field(200, ge=0, description="Downloaded image ids kept per user for exclusion.")
-    max_tracked_searches: int = Field(32, ge=1)
+    max_tracked_searches: int = Field(
+        128, ge=1, description="Searches remembered per user to link later downloads to; older ones are forgotten."
+    )
 
     flush_interval: float = Field(0.2, gt=0, description="Seconds between coalesced upserts of changed users.")
     model_path: Path | None = Field(None, description="Style encoder checkpoint; unset uses the untrained encoder.")
