@@ -1,0 +1,33 @@
+# Set-up and entry points. Every target creates what it needs on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+KAFKA_STAMP := .cache/kafka/kafka-4.2.0/lib/.complete
+
+.PHONY: install kafka demo test test-unit clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+kafka: $(KAFKA_STAMP)
+
+$(KAFKA_STAMP): streams/kafka/pom.xml | $(STAMP)
+	$(BIN)/python -c "from stylestream.streams.broker import ensure_kafka_jars; print(ensure_kafka_jars())"
+
+demo: install kafka
+	$(BIN)/stylestream demo --json demo-output/demo.json
+
+test: install kafka
+	$(BIN)/python -m pytest -q
+
+test-unit: install
+	$(BIN)/python -m pytest -q -m "not integration"
+
+clean:
+	rm -rf data demo-output .pytest_cache
