@@ -12,7 +12,7 @@ from stylestream.schemas.errors import StylestreamError
 
 
 class WorkerRequestError(StylestreamError):
-    """The worker answered with an error status or could not be reached."""
+    """The worker returned an error status or could not be reached."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)

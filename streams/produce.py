@@ -1,6 +1,6 @@
 """Producing JSONL or CSV events into a topic with kafka-python.
 
-Lines are sent as they are, without validation, so the worker's dead-letter path sees exactly what a
+Lines are sent as they are, without validation, so the worker's dead-letter path receives exactly what a
 producer sent. The message key is the event's user_id (downloads, searches) or image_id (images)
 when the line parses as JSON; unparseable lines are sent without a key.
 """

@@ -1,7 +1,7 @@
 """The coalescing Qdrant sink: every flush interval, one batched upsert of each user changed since.
 
 A user changed by many events between two flushes is written once. A failed flush keeps every
-changed user for the next one, so nothing is lost while Qdrant is unavailable.
+changed user for the next one. After a restart, table recovery queues every recovered user again.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ _USER_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "stylestream/user")
 
 
 class StoreError(StylestreamError):
-    """The vector store could not be opened or answered with an error."""
+    """The vector store could not be opened or returned an error."""
 
 
 class StoreLockedError(StoreError):
@@ -95,7 +95,7 @@ class StyleStore:
                 size = info.config.params.vectors.size  # type: ignore[union-attr]
                 if size != style_dim:
                     raise StoreError(
-                        f"collection {name!r} holds {size}-d vectors but the style encoder makes {style_dim}-d ones; "
+                        f"collection {name!r} contains {size}-d vectors but the style encoder produces {style_dim}-d ones; "
                         "rebuild into new collections with a new model version"
                     )
                 continue

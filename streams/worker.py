@@ -26,8 +26,8 @@ WORKER_FILE = "worker.json"
 class BoundedWorker(faust.Worker):
     """A Faust worker that exits at most `shutdown_timeout` seconds after SIGTERM or SIGINT.
 
-    A Faust worker whose agent keeps crashing can ignore SIGTERM for a long time; a watchdog thread
-    ends the process when the graceful stop takes too long.
+    A Faust worker whose agent keeps crashing can ignore SIGTERM for a long time. So a watchdog
+    thread ends the process when the graceful stop takes too long.
     """
 
     def __init__(self, *args: Any, shutdown_timeout: float, on_stopped: Any = None, **kwargs: Any) -> None:
