@@ -147,8 +147,11 @@ def simulate(output: Path, images: int, users: int, seed: int) -> None:
         click.echo(f"  {name}: {path}")
 
 
-def _query_target(settings: Any) -> tuple[str, Any]:
-    """Return ('http', client) when a worker owns the embedded store, else ('store', StyleStore)."""
+def _run_query(settings: Any, over_http: Any, in_store: Any) -> dict[str, Any]:
+    """Run a query through the worker that owns the embedded store, or else on the store itself.
+
+    `over_http` takes a WorkerClient and `in_store` a StyleStore; each returns the result as a dict.
+    """
     from stylestream.streams.client import WorkerClient
     from stylestream.streams.store import StyleStore
     from stylestream.streams.worker import read_worker_address
@@ -156,8 +159,12 @@ def _query_target(settings: Any) -> tuple[str, Any]:
     if not settings.qdrant_url:
         address = read_worker_address(settings)
         if address is not None:
-            return "http", WorkerClient(address)
-    return "store", StyleStore(settings)
+            return over_http(WorkerClient(address))
+    store = StyleStore(settings)
+    try:
+        return in_store(store)
+    finally:
+        store.close()
 
 
 @main.command()
@@ -175,14 +182,11 @@ def recommend(user_id: str, k: int, categories: str, keywords: str, as_json: boo
     configure_logging("WARNING")
     category_list = [c for c in categories.split(",") if c]
     keyword_list = [c for c in keywords.split(",") if c]
-    kind, target = _query_target(settings)
-    if kind == "http":
-        result = target.recommend(user_id, k, category_list, keyword_list)
-    else:
-        try:
-            result = run_recommend(target, user_id, k, category_list, keyword_list).to_dict()
-        finally:
-            target.close()
+    result = _run_query(
+        settings,
+        lambda client: client.recommend(user_id, k, category_list, keyword_list),
+        lambda store: run_recommend(store, user_id, k, category_list, keyword_list).to_dict(),
+    )
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -203,14 +207,11 @@ def rerank(user_id: str, image_ids: tuple[str, ...], alpha: float, as_json: bool
 
     settings = build_settings(overrides)
     configure_logging("WARNING")
-    kind, target = _query_target(settings)
-    if kind == "http":
-        result = target.rerank(user_id, list(image_ids), alpha)
-    else:
-        try:
-            result = run_rerank(target, user_id, list(image_ids), alpha)
-        finally:
-            target.close()
+    result = _run_query(
+        settings,
+        lambda client: client.rerank(user_id, list(image_ids), alpha),
+        lambda store: run_rerank(store, user_id, list(image_ids), alpha),
+    )
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

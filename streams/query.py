@@ -52,6 +52,7 @@ def recommend(
     if not user_id:
         raise QueryError("user_id", "user_id must not be empty")
     conditions = label_filter(categories, keywords)
+    store.require_collections()
     user = store.get_user(user_id)
     if user is None:
         items = store.popular_images(k, conditions=conditions)
@@ -84,6 +85,7 @@ def rerank(store: StyleStore, user_id: str, image_ids: Sequence[str], alpha: flo
         raise QueryError("image_ids", f"at most {MAX_RERANK_IDS} image ids can be re-ranked, got {len(image_ids)}")
     if len(set(image_ids)) != len(image_ids):
         raise QueryError("image_ids", "image_ids must not repeat an id")
+    store.require_collections()
     user = store.get_user(user_id)
     vectors = store.image_vectors(image_ids) if user is not None else {}
     count = len(image_ids)

@@ -101,8 +101,20 @@ class StyleStore:
                 continue
             self.client.create_collection(name, vectors_config=qm.VectorParams(size=style_dim, distance=qm.Distance.COSINE))
             log.info("Created Qdrant collection %s (%d-d, cosine)", name, style_dim)
-        for field in ("categories", "keywords"):
-            self.client.create_payload_index(self.images, field, qm.PayloadSchemaType.KEYWORD)
+        if self.settings.qdrant_url:
+            # Local mode ignores payload indexes (and warns), so only a server gets them.
+            for field in ("categories", "keywords"):
+                self.client.create_payload_index(self.images, field, qm.PayloadSchemaType.KEYWORD)
+
+    def require_collections(self) -> None:
+        """Raise StoreError naming the fix when the image or user collection does not exist."""
+        for name in (self.images, self.users):
+            if not self.client.collection_exists(name):
+                where = self.settings.qdrant_url or str(self.settings.qdrant_path)
+                raise StoreError(
+                    f"collection {name!r} was not found in the store at {where}. Run a worker first (it creates "
+                    "the collections), or point --data-dir or --qdrant-url at the store a worker wrote."
+                )
 
     def upsert_images(self, payloads: Sequence[dict[str, Any]], vectors: np.ndarray) -> None:
         """Upsert images in one request; each payload must hold `image_id`."""
