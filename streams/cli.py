@@ -124,7 +124,16 @@ def produce(topic: str, files: tuple[Path, ...], kind: str | None, no_progress: 
     settings = build_settings(overrides)
     configure_logging("WARNING")
     if settings.broker == "embedded":
-        raise click.UsageError("produce needs a running broker: pass --broker kafka://HOST:PORT or set STYLESTREAM_BROKER")
+        from stylestream.streams.worker import read_worker_info
+
+        # A worker that started the embedded broker records its URL next to the store.
+        info = read_worker_info(settings)
+        if info is None:
+            raise click.UsageError(
+                "produce needs a running broker: pass --broker kafka://HOST:PORT, set STYLESTREAM_BROKER, "
+                "or start `stylestream worker` with the same --data-dir first"
+            )
+        settings = settings.model_copy(update={"broker": info["broker"]})
     declare_topics(settings)
     total = sum(produce_file(settings.bootstrap_servers, topic, path, kind, progress=not no_progress) for path in files)
     click.echo(f"Produced {total} messages to {topic}")

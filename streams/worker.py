@@ -57,18 +57,23 @@ def worker_file(settings: Settings) -> Path:
     return settings.data_dir / WORKER_FILE
 
 
-def read_worker_address(settings: Settings) -> str | None:
-    """Return http://host:port of the running worker for this data_dir, or None."""
+def read_worker_info(settings: Settings) -> dict[str, Any] | None:
+    """Return the running worker's record (pid, web_host, web_port, broker) for this data_dir, or None."""
     path = worker_file(settings)
     if not path.exists():
         return None
     try:
         info = json.loads(path.read_text())
-        pid = int(info["pid"])
-        os.kill(pid, 0)
+        os.kill(int(info["pid"]), 0)
     except (ValueError, KeyError, OSError):
         return None
-    return f"http://{info['web_host']}:{info['web_port']}"
+    return info
+
+
+def read_worker_address(settings: Settings) -> str | None:
+    """Return http://host:port of the running worker for this data_dir, or None."""
+    info = read_worker_info(settings)
+    return f"http://{info['web_host']}:{info['web_port']}" if info else None
 
 
 def run_worker(settings: Settings) -> int:
