@@ -90,6 +90,7 @@ class UserState:
     recent_downloads: list[tuple[float, str]] = field(default_factory=list)
     searches: dict[str, SearchLink] = field(default_factory=dict)
     applied_offsets: dict[str, int] = field(default_factory=dict)
+    recent_event_ids: list[str] = field(default_factory=list)
 
     @classmethod
     def empty(cls, user_id: str, dim: int) -> "UserState":
@@ -110,6 +111,7 @@ class UserState:
                 search_id: [link.timestamp, link.results, link.downloaded] for search_id, link in self.searches.items()
             },
             "applied_offsets": self.applied_offsets,
+            "recent_event_ids": self.recent_event_ids,
         }
 
     @classmethod
@@ -128,7 +130,16 @@ class UserState:
                 for search_id, (timestamp, results, downloaded) in data["searches"].items()
             },
             applied_offsets=dict(data["applied_offsets"]),
+            recent_event_ids=list(data.get("recent_event_ids", [])),
         )
+
+    def remember_event(self, event_id: str, bound: int) -> bool:
+        """Record an event id among the last `bound`; return False when it was already there."""
+        if event_id in self.recent_event_ids:
+            return False
+        self.recent_event_ids.append(event_id)
+        del self.recent_event_ids[:-bound]
+        return True
 
     def recent_download_ids(self) -> list[str]:
         """Return the recently downloaded image ids, newest first."""

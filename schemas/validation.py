@@ -35,6 +35,7 @@ LIST_TOO_LONG = "list_too_long"
 DUPLICATE_ID = "duplicate_id"
 KEY_MISMATCH = "key_mismatch"
 UNKNOWN_IMAGE = "unknown_image"
+DUPLICATE_EVENT = "duplicate_event"
 
 
 class InvalidEvent(StylestreamError, ValueError):

@@ -8,6 +8,7 @@ upsert into the images collection, image cache).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ from stylestream.models.encoder import StyleEncoder, untrained_encoder
 from stylestream.schemas.validation import PARSERS, InvalidEvent, Limits
 from stylestream.streams.dlq import DeadLetters
 from stylestream.streams.images import ImageIndexer, ImageVectorCache
+from stylestream.streams.lag import StallDetector, consumer_lag
 from stylestream.streams.processor import UserProcessor
 from stylestream.streams.settings import Settings
 from stylestream.streams.sink import UserSink
@@ -58,6 +60,8 @@ class StyleStreamApp:
             topic_replication_factor=settings.replication_factor,
             topic_allow_declare=True,
             broker_rebalance_timeout=settings.rebalance_timeout,
+            broker_session_timeout=settings.session_timeout,
+            broker_heartbeat_interval=settings.session_timeout / 4,
             consumer_auto_offset_reset="earliest",
             table_standby_replicas=0,
             web_enabled=True,
@@ -96,7 +100,11 @@ class StyleStreamApp:
         )
         self.cache = ImageVectorCache(self.store, settings.image_cache_size)
         self.indexer = ImageIndexer(self.encoder, self.store, self.cache)
-        self.sink = UserSink(self.table, self.store, self.encoder.model_version, self.stats)
+        self.sink = UserSink(
+            self.table, self.store, self.encoder.model_version, self.stats,
+            flush_interval=settings.flush_interval, max_pending_users=settings.max_pending_users,
+        )
+        self.stall_detector = StallDetector(settings.stall_seconds)
         self.processor = UserProcessor(
             self.table, self.cache, settings.preference, self.encoder.style_dim, self.stats,
             on_change=self.sink.mark, image_wait_seconds=settings.image_wait_seconds,
@@ -108,6 +116,7 @@ class StyleStreamApp:
         app.agent(self.popularity_topic, name="stylestream.popularity")(self._popularity_agent)
         app.timer(settings.flush_interval, name="stylestream.flush")(self._flush)
         app.task(self._flush_recovered_users)
+        app.timer(settings.liveness_interval, name="stylestream.liveness")(self._check_liveness)
 
         from stylestream.streams.web import register_views
 
@@ -125,6 +134,7 @@ class StyleStreamApp:
     def _user_agent(self, topic: str, handler: Callable[..., Any]) -> Callable[..., Any]:
         async def agent(stream: faust.StreamT) -> None:
             async for event in stream.events():
+                await self.sink.wait_for_capacity()
                 message = event.message
                 self.stats.consumed[topic] += 1
                 source = f"{message.topic}:{message.partition}"
@@ -169,6 +179,21 @@ class StyleStreamApp:
 
     async def _flush(self) -> None:
         await self.sink.flush()
+
+    async def _check_liveness(self) -> None:
+        """Sample consumer lag per partition and log partitions that stopped making progress."""
+        topics = [self.settings.downloads_topic, self.settings.searches_topic, self.settings.images_topic]
+        try:
+            lags = await asyncio.to_thread(consumer_lag, self.settings.bootstrap_servers, self.settings.app_id, topics)
+        except Exception as exc:  # lag is diagnostics only; never let it stop the worker
+            log.warning("Could not read consumer lag: %r", exc)
+            return
+        stalled = self.stall_detector.update(lags)
+        self.stats.partition_lag = {f"{lag.topic}:{lag.partition}": lag.lag for lag in lags}
+        names = sorted(f"{lag.topic}:{lag.partition}" for lag in stalled)
+        for name in set(names) - set(self.stats.stalled_partitions):
+            log.error("Partition %s made no progress for %.0f s while its lag is %d", name, self.stall_detector.stall_seconds, self.stats.partition_lag[name])
+        self.stats.stalled_partitions = names
 
     async def _flush_recovered_users(self) -> None:
         """After table recovery, flush every recovered user once, so changes a crash left unflushed are written."""

@@ -18,11 +18,13 @@ from stylestream.models.preference import (
     vectors_needed_for_download,
 )
 from stylestream.schemas.events import Download, Search
-from stylestream.schemas.validation import UNKNOWN_IMAGE, InvalidEvent
+from stylestream.schemas.validation import DUPLICATE_EVENT, UNKNOWN_IMAGE, InvalidEvent
 from stylestream.streams.images import ImageVectorCache
 from stylestream.streams.stats import WorkerStats
 
 log = logging.getLogger(__name__)
+
+RECENT_EVENT_IDS = 64
 
 
 class UserProcessor:
@@ -54,6 +56,15 @@ class UserProcessor:
         applied = state.applied_offsets.get(source)
         return applied is not None and offset <= applied
 
+    def _check_event_id(self, state: UserState, event_id: str) -> None:
+        """Raise InvalidEvent for an event id this user applied recently at another offset."""
+        if not state.remember_event(event_id, RECENT_EVENT_IDS):
+            raise InvalidEvent(
+                DUPLICATE_EVENT,
+                f"event_id {event_id!r} was already applied for user {state.user_id!r}; producers must not reuse event ids",
+                "event_id",
+            )
+
     def _commit(self, state: UserState, source: str, offset: int) -> None:
         state.applied_offsets[source] = offset
         self.table[state.user_id] = state.to_dict()
@@ -84,6 +95,7 @@ class UserProcessor:
                 return False
             if set(vectors_needed_for_download(state, event.search_id)) <= set(result_vectors):
                 break
+        self._check_event_id(state, event.event_id)
         apply_download(state, event.image_id, event.timestamp, image_vector, event.search_id, self.params, result_vectors)
         self._commit(state, source, offset)
         self.stats.applied["downloads"] += 1
@@ -99,6 +111,7 @@ class UserProcessor:
         if self._is_duplicate(state, source, offset):
             self.stats.duplicates["searches"] += 1
             return False
+        self._check_event_id(state, event.event_id)
         apply_search(state, event.search_id, event.timestamp, event.results, result_vectors, self.params)
         self._commit(state, source, offset)
         self.stats.applied["searches"] += 1

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     )
 
     flush_interval: float = Field(0.2, gt=0, description="Seconds between coalesced upserts of changed users.")
+    max_pending_users: int = Field(
+        100_000, ge=1, description="Changed users waiting for Qdrant at which the agents pause consuming."
+    )
     model_path: Path | None = Field(None, description="Style encoder checkpoint; unset uses the untrained encoder.")
     image_wait_seconds: float = Field(
         5.0, ge=0, description="How long a download waits for its image to be known before it is dead-lettered."
@@ -60,9 +63,17 @@ class Settings(BaseSettings):
     max_results: int = Field(1000, ge=1)
     max_labels: int = Field(256, ge=1)
 
+    liveness_interval: float = Field(10.0, gt=0, description="Seconds between consumer lag samples.")
+    stall_seconds: float = Field(
+        60.0, gt=0, description="A partition whose committed offset stays put this long while lagging is reported stalled."
+    )
+
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535, description="Port of the worker's HTTP endpoints; 0 picks a free port.")
     rebalance_timeout: float = Field(10.0, gt=0, description="Faust broker_rebalance_timeout in seconds.")
+    session_timeout: float = Field(
+        10.0, ge=6, description="Kafka consumer session timeout in seconds: how soon a crashed worker's partitions move."
+    )
     shutdown_timeout: float = Field(30.0, gt=0, description="Seconds a stopping worker may take before it is killed.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

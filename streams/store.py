@@ -147,6 +147,35 @@ class StyleStore:
         if points:
             self.client.upsert(self.users, points=points, wait=True)
 
+    def upsert_users_if_newer(self, users: Sequence[tuple[str, np.ndarray, dict[str, Any]]]) -> int:
+        """Upsert users whose payload `event_count` is above the stored one; return how many were written.
+
+        A user's event_count only grows as events are applied, so it orders the states of one user:
+        a stale state (from a worker that lost the partition in a rebalance, say) never replaces a
+        newer one, and rewriting an identical state is skipped. Points of another model_version
+        are always replaced.
+        """
+        if not users:
+            return 0
+        stored = self.client.retrieve(
+            self.users, ids=[user_point_id(user_id) for user_id, _, _ in users],
+            with_payload=["user_id", "event_count", "model_version"],
+        )
+        current = {
+            point.payload["user_id"]: point.payload for point in stored if point.payload and "user_id" in point.payload
+        }
+        newer = []
+        for user_id, vector, payload in users:
+            existing = current.get(user_id)
+            same_model = existing is not None and existing.get("model_version") == payload["model_version"]
+            if same_model and int(existing.get("event_count", -1)) >= int(payload["event_count"]):
+                continue
+            newer.append((user_id, vector, payload))
+        # NOTE: the read and the write are two requests, so two writers racing inside that window
+        # can still reorder; Qdrant server 1.16+ can make this atomic with upsert's update_filter.
+        self.upsert_users(newer)
+        return len(newer)
+
     def delete_users(self, user_ids: Sequence[str]) -> None:
         """Delete user points, for users that no longer have a vector."""
         if user_ids:

@@ -102,7 +102,7 @@ def run_worker(settings: Settings) -> int:
 
         def final_flush(loop: Any) -> None:
             try:
-                written = loop.run_until_complete(worker_app.sink.flush())
+                written = loop.run_until_complete(worker_app.sink.flush(force=True))
                 log.info("Final flush wrote %d users", written)
             except (RuntimeError, StylestreamError) as exc:
                 log.warning("Final flush failed: %r", exc)
