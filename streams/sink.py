@@ -82,6 +82,11 @@ class UserSink:
         """Return the number of changed users not yet written, counting a flush in progress."""
         return len(self._changed) + self._in_flight
 
+    @property
+    def paused(self) -> bool:
+        """Return True while intake is paused because too many users wait for a flush."""
+        return not self._capacity.is_set()
+
     async def wait_for_capacity(self) -> None:
         """Wait while the number of unflushed users is at or above `max_pending_users`."""
         await self._capacity.wait()

@@ -35,7 +35,7 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "stylestream.streams.cli", "worker"],
+                [sys.executable, "-m", "stylestream.streams", "worker"],
                 env={**os.environ, **self.env}, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
             )
         log.info("Started worker process %d (log: %s)", self.process.pid, self.log_path)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from bad_inputs import BAD_INPUTS
 from reference import reference_vectors
 from stylestream.models.simulation import SimulationConfig, simulate
 from stylestream.streams.broker import EmbeddedKafka, free_port
@@ -28,13 +29,13 @@ from stylestream.streams.topics import TopicError, TopicSpec, declare_topics
 
 pytestmark = pytest.mark.integration
 
-BAD_DOWNLOADS = [
-    (b'{"event_id": "bad-1", "user_id": "user-00001", "image_id"', "malformed_json"),
-    (b'{"event_id": "bad-2", "user_id": "user-00001", "image_id": "img-000001", "timestamp": NaN}', "non_finite"),
-    (b'{"event_id": "bad-3", "user_id": "user-00001", "image_id": "img-000001"}', "missing_field"),
-    (b'{"event_id": "bad-4", "user_id": "user-00001", "image_id": "no-such-image", "timestamp": 1700000000}', "unknown_image"),
-    (b"\xff\xfe not utf-8", "invalid_utf8"),
-]
+WORKER_ONLY_REASONS = {"unknown_image", "duplicate_event"}
+
+
+def _mix_in(good: list[bytes], bad: list[bytes]) -> list[bytes]:
+    """Return the good lines with the bad ones in the middle, so good events come before and after."""
+    half = len(good) // 2
+    return good[:half] + bad + good[half:]
 
 
 def _settings(kafka: EmbeddedKafka, data_dir: Path, prefix: str) -> Settings:
@@ -67,29 +68,33 @@ def pipeline(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> 
     settings = _settings(kafka, data_dir, f"t{uuid.uuid4().hex[:8]}")
     declare_topics(settings)
     marketplace = simulate(SimulationConfig(images=150, users=12, styles=5, subjects=8, seed=3))
-    paths = marketplace.write(data_dir / "marketplace")
+    marketplace.write(data_dir / "marketplace")
 
-    # The bad messages sit between two halves of the good downloads.
-    half = len(marketplace.downloads) // 2
-    lines = [json.dumps(event).encode() for event in marketplace.downloads]
-    mixed = lines[:half] + [raw for raw, _ in BAD_DOWNLOADS] + lines[half:]
-    downloads_path = data_dir / "downloads-with-bad.jsonl"
-    downloads_path.write_bytes(b"\n".join(mixed) + b"\n")
+    # Bad messages of every kind sit between two halves of the good events of their topic. The
+    # repeated download reuses the event id of the good download just before it.
+    inputs = {}
+    for kind in ("images", "searches", "downloads"):
+        good = [json.dumps(event).encode() for event in getattr(marketplace, kind)]
+        bad = [raw for topic_kind, raw, _ in BAD_INPUTS if topic_kind == kind]
+        if kind == "downloads":
+            bad.append(good[len(good) // 2 - 1])
+        inputs[kind] = data_dir / f"{kind}-with-bad.jsonl"
+        inputs[kind].write_bytes(b"\n".join(_mix_in(good, bad)) + b"\n")
 
     web_port = free_port()
     worker = WorkerProcess(_worker_env(settings, web_port), data_dir / "worker.log", web_port).start()
     try:
         worker.wait_ready()
         bootstrap = settings.bootstrap_servers
-        produced = {settings.images_topic: produce_file(bootstrap, settings.images_topic, paths["images"], "images", progress=False)}
+        produced = {settings.images_topic: produce_file(bootstrap, settings.images_topic, inputs["images"], "images", progress=False)}
         worker.wait_until(all_applied(produced), timeout=120, what="images")
-        produced[settings.searches_topic] = produce_file(bootstrap, settings.searches_topic, paths["searches"], "searches", progress=False)
-        produced[settings.downloads_topic] = produce_file(bootstrap, settings.downloads_topic, downloads_path, "downloads", progress=False)
+        produced[settings.searches_topic] = produce_file(bootstrap, settings.searches_topic, inputs["searches"], "searches", progress=False)
+        produced[settings.downloads_topic] = produce_file(bootstrap, settings.downloads_topic, inputs["downloads"], "downloads", progress=False)
         stats = worker.wait_until(all_applied(produced), timeout=180, what="all events")
 
         user_id = next(iter(marketplace.user_styles))
         cli = subprocess.run(
-            [sys.executable, "-m", "stylestream.streams.cli", "recommend", user_id, "--k", "5", "--json"],
+            [sys.executable, "-m", "stylestream.streams", "recommend", user_id, "--k", "5", "--json"],
             env={**_worker_env(settings, web_port), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60,
         )
         recommendations = {user: worker.client.recommend(user, k=20) for user in marketplace.user_styles}
@@ -150,20 +155,36 @@ def test_recommendations_match_user_styles(pipeline: dict[str, Any]) -> None:
     assert np.mean(matches) >= 0.6
 
 
-def test_bad_downloads_reach_dead_letter_topic(pipeline: dict[str, Any], kafka: EmbeddedKafka) -> None:
+@pytest.mark.parametrize("kind", ["images", "searches", "downloads"])
+def test_bad_input_reaches_dead_letter_topic(pipeline: dict[str, Any], kafka: EmbeddedKafka, kind: str) -> None:
     settings = pipeline["settings"]
+    topic = getattr(settings, f"{kind}_topic")
     consumer = KafkaConsumer(
-        settings.dlq_topic(settings.downloads_topic), bootstrap_servers=kafka.bootstrap,
-        auto_offset_reset="earliest", consumer_timeout_ms=5000, group_id=None,
+        settings.dlq_topic(topic), bootstrap_servers=kafka.bootstrap,
+        auto_offset_reset="earliest", consumer_timeout_ms=5000, group_id=None, fetch_max_bytes=8 * 1048576,
     )
     letters = [(message.value, dict(message.headers)) for message in consumer]
     consumer.close()
+    expected = [(raw, reason) for topic_kind, raw, reason in BAD_INPUTS if topic_kind == kind]
+    if kind == "downloads":
+        downloads = pipeline["marketplace"].downloads
+        expected.append((json.dumps(downloads[len(downloads) // 2 - 1]).encode(), "duplicate_event"))
 
     # Keyless bad messages land on any partition, so the dead letters come in no fixed order.
     received = sorted((value, headers["reason"].decode()) for value, headers in letters)
-    assert received == sorted(BAD_DOWNLOADS)
+    assert received == sorted(expected)
     assert all(headers["error"] for _, headers in letters)
-    assert pipeline["stats"]["dead_letters"]["unknown_image"] == 1
+    assert all(headers["source_topic"].decode() == topic for _, headers in letters)
+
+
+def test_dead_letters_counted_by_reason(pipeline: dict[str, Any]) -> None:
+    counted = pipeline["stats"]["dead_letters"]
+    expected: dict[str, int] = {"duplicate_event": 1}
+    for _, _, reason in BAD_INPUTS:
+        expected[reason] = expected.get(reason, 0) + 1
+
+    assert counted == expected
+    assert len(BAD_INPUTS) + 1 >= 30
 
 
 def test_cli_recommends_through_running_worker(pipeline: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import jsonschema
 import orjson
 import pytest
 
+from bad_inputs import BAD_INPUTS
 from stylestream.schemas import json_schema_path
 from stylestream.schemas.validation import Limits, PARSERS, InvalidEvent, parse_download, parse_image, parse_search
 
@@ -89,6 +90,16 @@ def test_bad_event_gets_specific_reason(topic: str, raw: bytes, reason: str) -> 
 
     assert caught.value.reason == reason
     assert str(caught.value)
+
+
+@pytest.mark.parametrize("topic,raw,reason", [case for case in BAD_INPUTS if case[2] not in {"unknown_image"}])
+def test_corpus_entry_gets_its_reason(topic: str, raw: bytes, reason: str) -> None:
+    limits = Limits(deep_dim=128, colors_dim=12)
+
+    with pytest.raises(InvalidEvent) as caught:
+        PARSERS[topic](raw, limits)
+
+    assert caught.value.reason == reason
 
 
 def test_error_names_field_and_value() -> None:
