@@ -18,6 +18,7 @@ from stylestream.models.encoder import StyleEncoder, untrained_encoder
 from stylestream.schemas.validation import PARSERS, InvalidEvent, Limits
 from stylestream.streams.dlq import DeadLetters
 from stylestream.streams.images import ImageIndexer, ImageVectorCache
+from stylestream.streams.kafka_security import faust_credentials, kafka_python_options
 from stylestream.streams.lag import StallDetector, consumer_lag
 from stylestream.streams.processor import UserProcessor
 from stylestream.streams.settings import Settings
@@ -54,6 +55,7 @@ class StyleStreamApp:
         return faust.App(
             settings.app_id,
             broker=settings.broker,
+            broker_credentials=faust_credentials(settings),
             store="memory://",
             datadir=str(settings.data_dir / "faust"),
             topic_partitions=settings.partitions,
@@ -184,7 +186,9 @@ class StyleStreamApp:
         """Sample consumer lag per partition and log partitions that stopped making progress."""
         topics = [self.settings.downloads_topic, self.settings.searches_topic, self.settings.images_topic]
         try:
-            lags = await asyncio.to_thread(consumer_lag, self.settings.bootstrap_servers, self.settings.app_id, topics)
+            lags = await asyncio.to_thread(
+                consumer_lag, self.settings.bootstrap_servers, self.settings.app_id, topics, kafka_python_options(self.settings)
+            )
         except Exception as exc:  # lag is diagnostics only; never let it stop the worker
             log.warning("Could not read consumer lag: %r", exc)
             return

@@ -79,6 +79,14 @@ def main() -> None:
     """stylestream: real-time visual-style preference vectors from Kafka events, served from Qdrant."""
 
 
+@main.command("config")
+@setting_options
+def show_config(**overrides: Any) -> None:
+    """Print the effective settings as JSON, with secrets masked."""
+    settings = build_settings(overrides)
+    click.echo(json.dumps(settings.redacted(), indent=2, default=str))
+
+
 @main.command()
 @click.option("--port", type=int, default=9092, show_default=True, help="Broker port on 127.0.0.1 (0 picks a free port).")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path("data/kafka"), show_default=True, help="Broker data folder.")
@@ -135,7 +143,13 @@ def produce(topic: str, files: tuple[Path, ...], kind: str | None, no_progress: 
             )
         settings = settings.model_copy(update={"broker": info["broker"]})
     declare_topics(settings)
-    total = sum(produce_file(settings.bootstrap_servers, topic, path, kind, progress=not no_progress) for path in files)
+    from stylestream.streams.kafka_security import kafka_python_options
+
+    options = kafka_python_options(settings)
+    total = sum(
+        produce_file(settings.bootstrap_servers, topic, path, kind, progress=not no_progress, client_options=options)
+        for path in files
+    )
     click.echo(f"Produced {total} messages to {topic}")
 
 
@@ -244,6 +258,13 @@ def demo(data_dir: Path, json_path: Path | None, images: int, users: int, seed: 
     configure_logging("WARNING")
     figures = run_demo(data_dir, SimulationConfig(images=images, users=users, seed=seed), broker=broker)
     write_figures(figures, json_path)
+
+
+from stylestream.streams.cli_images import datasets, images, report  # noqa: E402
+
+main.add_command(images)
+main.add_command(datasets)
+main.add_command(report)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
@@ -26,10 +27,14 @@ class PartitionLag:
         return max(self.end - self.committed, 0)
 
 
-def consumer_lag(bootstrap: str, group: str, topics: list[str]) -> list[PartitionLag]:
-    """Return the lag of `group` on every partition of `topics` (committed offset -1 counts as 0)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="stylestream-lag")
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="stylestream-lag", enable_auto_commit=False)
+def consumer_lag(bootstrap: str, group: str, topics: list[str], options: dict[str, Any] | None = None) -> list[PartitionLag]:
+    """Return the lag of `group` on every partition of `topics` (no committed offset counts as 0).
+
+    `options` are kafka-python security settings.
+    """
+    options = options or {}
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="stylestream-lag", **options)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="stylestream-lag", enable_auto_commit=False, **options)
     try:
         committed = admin.list_group_offsets(group).get(group, {})
         partitions = [

@@ -81,18 +81,25 @@ def count_lines(path: Path) -> int | None:
 
 
 def produce_file(
-    bootstrap: str, topic: str, path: Path, topic_kind: str | None = None, progress: bool = True, max_request_size: int = 4 * 1048576
+    bootstrap: str,
+    topic: str,
+    path: Path,
+    topic_kind: str | None = None,
+    progress: bool = True,
+    max_request_size: int = 4 * 1048576,
+    client_options: dict[str, Any] | None = None,
 ) -> int:
     """Send every message of `path` to `topic`; return the number sent.
 
     `topic_kind` (downloads, searches or images) picks the key field; it defaults to the topic name.
+    `client_options` are kafka-python security settings.
     """
     if not path.exists():
         raise ProduceError(f"input file {path} was not found")
     kind = topic_kind or topic
     producer = KafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=256 * 1024,
-        max_request_size=max_request_size, retries=5, client_id="stylestream-produce",
+        max_request_size=max_request_size, retries=5, client_id="stylestream-produce", **(client_options or {}),
     )
     sent = 0
     try:

@@ -23,6 +23,15 @@ class Settings(BaseSettings):
         EMBEDDED,
         description="Kafka URL such as kafka://127.0.0.1:9092, or 'embedded' to start a local Apache Kafka.",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol for every client."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle that signs the brokers' certificates.")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    kafka_ssl_keyfile: Path | None = None
     qdrant_url: str | None = Field(None, description="Qdrant server URL; unset uses the embedded store under data_dir.")
     qdrant_api_key: SecretStr | None = Field(None, description="Qdrant API key, sent only to qdrant_url.")
     data_dir: Path = Field(Path("data"), description="Folder of the embedded Qdrant store and worker state.")
@@ -125,6 +134,7 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, object]:
         """Return the settings as a dict that is safe to log (secrets hidden)."""
         values = self.model_dump()
-        if values.get("qdrant_api_key") is not None:
-            values["qdrant_api_key"] = "**********"
+        for name in ("qdrant_api_key", "kafka_sasl_password"):
+            if values.get(name) is not None:
+                values[name] = "**********"
         return values

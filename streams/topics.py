@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from stylestream.schemas.errors import StylestreamError
+from stylestream.streams.kafka_security import kafka_python_options
 from stylestream.streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,10 +47,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return inputs + dead_letters
 
 
-def _admin(bootstrap: str, attempts: int = 10) -> KafkaAdminClient:
+def _admin(bootstrap: str, options: dict[str, Any], attempts: int = 10) -> KafkaAdminClient:
     for attempt in range(1, attempts + 1):
         try:
-            return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="stylestream-admin", request_timeout_ms=10000)
+            return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="stylestream-admin", request_timeout_ms=10000, **options)
         except KafkaError as exc:
             if attempt == attempts:
                 raise TopicError(f"cannot reach Kafka at {bootstrap}: {exc}; check the broker URL") from exc
@@ -57,9 +59,9 @@ def _admin(bootstrap: str, attempts: int = 10) -> KafkaAdminClient:
     raise AssertionError("unreachable")
 
 
-def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
-    """Return the partition count of each existing topic among `names`."""
-    admin = _admin(bootstrap)
+def partition_counts(bootstrap: str, names: list[str], options: dict[str, Any] | None = None) -> dict[str, int]:
+    """Return the partition count of each existing topic among `names`; `options` are client security settings."""
+    admin = _admin(bootstrap, options or {})
     try:
         existing = set(admin.list_topics())
         present = [name for name in names if name in existing]
@@ -77,10 +79,11 @@ def declare_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> 
     """
     specs = specs or topic_specs(settings)
     bootstrap = settings.bootstrap_servers
-    counts = partition_counts(bootstrap, [spec.name for spec in specs])
+    options = kafka_python_options(settings)
+    counts = partition_counts(bootstrap, [spec.name for spec in specs], options)
     missing = [spec for spec in specs if spec.name not in counts]
     if missing:
-        admin = _admin(bootstrap)
+        admin = _admin(bootstrap, options)
         try:
             for spec in missing:
                 try:
@@ -90,7 +93,7 @@ def declare_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> 
                     log.info("Topic %s was created concurrently", spec.name)
         finally:
             admin.close()
-        counts = _wait_for_topics(bootstrap, [spec.name for spec in specs])
+        counts = _wait_for_topics(bootstrap, [spec.name for spec in specs], options)
     for spec in specs:
         actual = counts.get(spec.name)
         if actual != spec.partitions:
@@ -102,10 +105,10 @@ def declare_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> 
             )
 
 
-def _wait_for_topics(bootstrap: str, names: list[str], timeout: float = 30.0) -> dict[str, int]:
+def _wait_for_topics(bootstrap: str, names: list[str], options: dict[str, Any], timeout: float = 30.0) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     while True:
-        counts = partition_counts(bootstrap, names)
+        counts = partition_counts(bootstrap, names, options)
         if len(counts) == len(names) or time.monotonic() > deadline:
             return counts
         time.sleep(0.2)
