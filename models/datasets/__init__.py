@@ -1,0 +1,1 @@
+"""Public image catalogues and user simulations on them."""
