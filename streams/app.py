@@ -124,14 +124,14 @@ class StyleStreamApp:
 
         register_views(self)
 
-    async def _on_download(self, value: bytes, key: bytes | None, source: str, offset: int) -> None:
+    async def _on_download(self, value: bytes, key: bytes | None, source: str, offset: int, produced_at: float | None) -> None:
         record = PARSERS["downloads"](value, self.limits, key=key)
-        if await self.processor.download(record, source, offset):
+        if await self.processor.download(record, source, offset, produced_at):
             await self.popularity_topic.send(key=record.image_id.encode(), value=b"")
 
-    async def _on_search(self, value: bytes, key: bytes | None, source: str, offset: int) -> None:
+    async def _on_search(self, value: bytes, key: bytes | None, source: str, offset: int, produced_at: float | None) -> None:
         record = PARSERS["searches"](value, self.limits, key=key)
-        await self.processor.search(record, source, offset)
+        await self.processor.search(record, source, offset, produced_at)
 
     def _user_agent(self, topic: str, handler: Callable[..., Any]) -> Callable[..., Any]:
         async def agent(stream: faust.StreamT) -> None:
@@ -141,7 +141,7 @@ class StyleStreamApp:
                 self.stats.consumed[topic] += 1
                 source = f"{message.topic}:{message.partition}"
                 try:
-                    await handler(event.value, message.key, source, message.offset)
+                    await handler(event.value, message.key, source, message.offset, message.timestamp)
                 except InvalidEvent as exc:
                     await self.dead_letters.send(topic, message.key, event.value, exc.reason, str(exc), message.partition, message.offset)
                 except Exception as exc:  # the agent must survive any single bad event

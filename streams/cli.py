@@ -57,10 +57,13 @@ def build_settings(overrides: dict[str, Any]) -> Any:
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """Log to stderr; keep the Kafka client libraries at WARNING."""
-    logging.basicConfig(level=level, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("kafka", "aiokafka", "faust.transport", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """Log to stderr in the format of STYLESTREAM_LOG_FORMAT (text or json); Kafka clients at WARNING."""
+    import os
+
+    from stylestream.streams.logs import configure_logging as apply_logging
+
+    log_format = "json" if os.environ.get("STYLESTREAM_LOG_FORMAT", "text").lower() == "json" else "text"
+    apply_logging(level, log_format)
 
 
 class CliGroup(click.Group):

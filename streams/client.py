@@ -39,7 +39,10 @@ class WorkerClient:
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")
             try:
-                detail = json.loads(detail).get("error", detail)
+                body = json.loads(detail)
+                detail = body.get("error", detail)
+                if body.get("parameter"):
+                    detail = f"{detail} (parameter: {body['parameter']})"
             except (ValueError, AttributeError):
                 pass
             raise WorkerRequestError(f"{method} {path} failed with HTTP {exc.code}: {detail}", exc.code) from None

@@ -37,7 +37,7 @@ class UserProcessor:
         params: PreferenceParams,
         style_dim: int,
         stats: WorkerStats,
-        on_change: Callable[[str], None],
+        on_change: Callable[[str, float | None], None],
         image_wait_seconds: float,
     ) -> None:
         self.table = table
@@ -65,13 +65,15 @@ class UserProcessor:
                 "event_id",
             )
 
-    def _commit(self, state: UserState, source: str, offset: int) -> None:
+    def _commit(self, state: UserState, source: str, offset: int, produced_at: float | None) -> None:
         state.applied_offsets[source] = offset
         self.table[state.user_id] = state.to_dict()
-        self.on_change(state.user_id)
+        self.on_change(state.user_id, produced_at)
 
-    async def download(self, event: Download, source: str, offset: int) -> bool:
+    async def download(self, event: Download, source: str, offset: int, produced_at: float | None = None) -> bool:
         """Apply a download from `source` (topic:partition) at `offset`; return False for a duplicate.
+
+        `produced_at` is the Kafka message timestamp, used to measure event-to-upsert latency.
 
         Raises InvalidEvent with reason `unknown_image` when the image stays unknown for
         `image_wait_seconds`.
@@ -97,11 +99,11 @@ class UserProcessor:
                 break
         self._check_event_id(state, event.event_id)
         apply_download(state, event.image_id, event.timestamp, image_vector, event.search_id, self.params, result_vectors)
-        self._commit(state, source, offset)
+        self._commit(state, source, offset, produced_at)
         self.stats.applied["downloads"] += 1
         return True
 
-    async def search(self, event: Search, source: str, offset: int) -> bool:
+    async def search(self, event: Search, source: str, offset: int, produced_at: float | None = None) -> bool:
         """Apply a search from `source` (topic:partition) at `offset`; return False for a duplicate."""
         result_vectors = await self.images.get_many(event.results)
         missing = len(set(event.results)) - len(result_vectors)
@@ -113,6 +115,6 @@ class UserProcessor:
             return False
         self._check_event_id(state, event.event_id)
         apply_search(state, event.search_id, event.timestamp, event.results, result_vectors, self.params)
-        self._commit(state, source, offset)
+        self._commit(state, source, offset, produced_at)
         self.stats.applied["searches"] += 1
         return True

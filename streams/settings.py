@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     )
     shutdown_timeout: float = Field(30.0, gt=0, description="Seconds a stopping worker may take before it is killed.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as plain text or one JSON object each.")
 
     @field_validator("broker")
     @classmethod

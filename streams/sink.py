@@ -54,6 +54,7 @@ class UserSink:
         self.flush_interval = flush_interval
         self.max_pending_users = max_pending_users
         self._changed: set[str] = set()
+        self._produced_at: dict[str, float] = {}
         self._image_counts: dict[str, int] = {}
         self._failures = 0
         self._in_flight = 0
@@ -61,9 +62,11 @@ class UserSink:
         self._capacity = asyncio.Event()
         self._capacity.set()
 
-    def mark(self, user_id: str) -> None:
-        """Record that a user's state changed."""
+    def mark(self, user_id: str, produced_at: float | None = None) -> None:
+        """Record that a user's state changed, by an event produced at `produced_at` (epoch seconds)."""
         self._changed.add(user_id)
+        if produced_at is not None and user_id not in self._produced_at:
+            self._produced_at[user_id] = produced_at
         self.stats.pending_users = len(self._changed)
         if len(self._changed) >= self.max_pending_users and self._capacity.is_set():
             log.warning(
@@ -101,10 +104,11 @@ class UserSink:
         if not force and time.monotonic() < self._next_attempt:
             return 0
         changed, self._changed = self._changed, set()
+        produced_at, self._produced_at = self._produced_at, {}
         counts, self._image_counts = self._image_counts, {}
         self._in_flight = len(changed)
         try:
-            return await self._write(changed, counts)
+            return await self._write(changed, produced_at, counts)
         finally:
             self._in_flight = 0
             self.stats.pending_users = len(self._changed)
@@ -127,7 +131,7 @@ class UserSink:
                 upserts.append((user_id, vector, user_payload(state, self.model_version, now)))
         return upserts, deletes
 
-    async def _write(self, changed: set[str], counts: dict[str, int]) -> int:
+    async def _write(self, changed: set[str], produced_at: dict[str, float], counts: dict[str, int]) -> int:
         upserts, deletes = self._build(changed)
         started = time.monotonic()
         try:
@@ -136,6 +140,8 @@ class UserSink:
             await self.store.call("set_download_counts", counts)
         except Exception as exc:  # any store failure: keep the work, back off, and retry
             self._changed |= changed
+            for user_id, timestamp in produced_at.items():
+                self._produced_at.setdefault(user_id, timestamp)
             for image_id, count in counts.items():
                 self._image_counts.setdefault(image_id, count)
             self._failures += 1
@@ -154,4 +160,7 @@ class UserSink:
         self.stats.users_upserted += written
         self.stats.users_skipped_stale += len(upserts) - written
         self.stats.record_flush(len(upserts), time.monotonic() - started)
+        now = time.time()
+        for timestamp in produced_at.values():
+            self.stats.event_to_upsert_seconds.observe(max(now - timestamp, 0.0))
         return written

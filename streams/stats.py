@@ -8,6 +8,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+SIZE_BUCKETS = (1, 10, 50, 100, 500, 1000, 5000, 10000, 50000)
+
+
+@dataclass
+class Histogram:
+    """Cumulative bucket counts, sum and count of observed values, as Prometheus histograms keep them."""
+
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.buckets)
+
+    def observe(self, value: float) -> None:
+        """Add one observation."""
+        self.total += value
+        self.count += 1
+        for index, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[index] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the histogram as JSON types."""
+        return {"buckets": dict(zip(map(str, self.buckets), self.counts)), "sum": self.total, "count": self.count}
+
+
 @dataclass
 class WorkerStats:
     """Counts of consumed, fully processed, applied, skipped and dead-lettered events, and of sink flushes."""
@@ -30,12 +59,18 @@ class WorkerStats:
     pending_users: int = 0
     partition_lag: dict[str, int] = field(default_factory=dict)
     stalled_partitions: list[str] = field(default_factory=list)
+    table_size: int = 0
+    event_to_upsert_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    flush_size: Histogram = field(default_factory=lambda: Histogram(SIZE_BUCKETS))
+    flush_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
 
     def record_flush(self, size: int, seconds: float) -> None:
         """Record a successful flush of `size` users that took `seconds`."""
         self.last_flush_at = time.time()
         self.last_flush_size = size
         self.last_flush_seconds = seconds
+        self.flush_size.observe(size)
+        self.flush_seconds.observe(seconds)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the counters as JSON types."""
@@ -58,4 +93,8 @@ class WorkerStats:
             "pending_users": self.pending_users,
             "partition_lag": self.partition_lag,
             "stalled_partitions": self.stalled_partitions,
+            "table_size": self.table_size,
+            "event_to_upsert_seconds": self.event_to_upsert_seconds.to_dict(),
+            "flush_size": self.flush_size.to_dict(),
+            "flush_seconds": self.flush_seconds.to_dict(),
         }

@@ -1,6 +1,7 @@
 """HTTP endpoints of a worker, on Faust's web server.
 
-GET /health, GET /ready (true once table recovery completed), GET /stats,
+GET /health, GET /ready (true once table recovery completed), GET /stats, GET /metrics (Prometheus),
+GET /openapi.yaml,
 GET /users/{user_id}, GET /users/{user_id}/recommendations?k=&categories=&keywords=,
 POST /users/{user_id}/rerank with {"image_ids": [...], "alpha": 0.5}.
 Invalid requests get a 400 whose message names the parameter.
@@ -10,16 +11,21 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response, View
 
+from stylestream.streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from stylestream.streams.metrics import render as render_metrics
 from stylestream.streams.query import QueryError, recommend, rerank
 
 if TYPE_CHECKING:
     from stylestream.streams.app import StyleStreamApp
 
 log = logging.getLogger(__name__)
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 
 
 def _split(values: str | None) -> list[str]:
@@ -50,6 +56,16 @@ def register_views(worker: "StyleStreamApp") -> None:
         body["cached_images"] = len(worker.cache)
         body["model_version"] = worker.encoder.model_version
         return view.json(body)
+
+    @app.page("/metrics")
+    async def metrics(view: View, request: Request) -> Response:
+        worker.stats.table_size = len(worker.table)
+        body = render_metrics(worker.stats, worker.sink.pending)
+        return view.text(body, content_type=METRICS_CONTENT_TYPE)
+
+    @app.page("/openapi.yaml")
+    async def openapi(view: View, request: Request) -> Response:
+        return view.text(OPENAPI_PATH.read_text(), content_type="application/yaml")
 
     @app.page("/users/{user_id}")
     async def user(view: View, request: Request, user_id: str) -> Response:

@@ -14,6 +14,7 @@ import faust
 
 from stylestream.schemas.errors import StylestreamError
 from stylestream.streams.broker import EmbeddedKafka, free_port
+from stylestream.streams.logs import logging_config
 from stylestream.streams.settings import EMBEDDED, Settings
 from stylestream.streams.store import StyleStore
 from stylestream.streams.topics import declare_topics
@@ -109,7 +110,8 @@ def run_worker(settings: Settings) -> int:
 
         log.info("Starting worker %s: broker %s, web http://%s:%d", settings.app_id, settings.broker, settings.web_host, settings.web_port)
         worker = BoundedWorker(
-            worker_app.app, loglevel=settings.log_level, shutdown_timeout=settings.shutdown_timeout, on_stopped=final_flush
+            worker_app.app, loglevel=settings.log_level, shutdown_timeout=settings.shutdown_timeout, on_stopped=final_flush,
+            logging_config=logging_config(settings.log_level, settings.log_format),
         )
         try:
             worker.execute_from_commandline()

@@ -21,6 +21,7 @@ from bad_inputs import BAD_INPUTS
 from reference import reference_vectors
 from stylestream.models.simulation import SimulationConfig, simulate
 from stylestream.streams.broker import EmbeddedKafka, free_port
+from stylestream.streams.client import WorkerRequestError
 from stylestream.streams.produce import produce_file
 from stylestream.streams.settings import Settings
 from stylestream.streams.store import StoreLockedError, StyleStore
@@ -58,7 +59,51 @@ def _worker_env(settings: Settings, web_port: int) -> dict[str, str]:
         "STYLESTREAM_WEB_PORT": str(web_port),
         "STYLESTREAM_REBALANCE_TIMEOUT": "2",
         "STYLESTREAM_IMAGE_WAIT_SECONDS": "1",
+        "STYLESTREAM_LOG_FORMAT": "json",
+        "STYLESTREAM_LIVENESS_INTERVAL": "1",
     }
+
+
+BAD_REQUESTS = {
+    "k_not_integer": ("GET", "/users/user-00000/recommendations", {"k": "abc"}, None, 400, "k"),
+    "k_zero": ("GET", "/users/user-00000/recommendations", {"k": "0"}, None, 400, "k"),
+    "k_too_large": ("GET", "/users/user-00000/recommendations", {"k": "100000"}, None, 400, "k"),
+    "rerank_without_ids": ("POST", "/users/user-00000/rerank", None, {"alpha": 0.5}, 400, "image_ids"),
+    "rerank_alpha_text": ("POST", "/users/user-00000/rerank", None, {"image_ids": ["img-000001"], "alpha": "high"}, 400, "alpha"),
+    "rerank_alpha_range": ("POST", "/users/user-00000/rerank", None, {"image_ids": ["img-000001"], "alpha": 2}, 400, "alpha"),
+    "rerank_empty_id": ("POST", "/users/user-00000/rerank", None, {"image_ids": [""]}, 400, "image_ids"),
+    "unknown_user": ("GET", "/users/nobody-at-all", None, None, 404, "user_id"),
+}
+
+
+def _http_answers(client: Any, user_id: str) -> dict[str, Any]:
+    """Call every endpoint once, and each bad request, recording bodies or (status, parameter)."""
+    import urllib.request
+
+    answers: dict[str, Any] = {
+        "health": client.request("GET", "/health"),
+        "ready": client.request("GET", "/ready"),
+        "user": client.request("GET", f"/users/{user_id}"),
+    }
+    with urllib.request.urlopen(client.base_url + "/metrics", timeout=10) as response:
+        answers["metrics"] = response.read().decode()
+    with urllib.request.urlopen(client.base_url + "/openapi.yaml", timeout=10) as response:
+        answers["openapi"] = response.read().decode()
+    request = urllib.request.Request(
+        client.base_url + f"/users/{user_id}/rerank", data=b"{not json", method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        urllib.request.urlopen(request, timeout=10)
+        answers["invalid_json_body"] = (200, None)
+    except urllib.error.HTTPError as exc:
+        answers["invalid_json_body"] = (exc.code, json.loads(exc.read())["parameter"])
+    for name, (method, path, query, body, _, _) in BAD_REQUESTS.items():
+        try:
+            client.request(method, path, query, body)
+            answers[name] = (200, None)
+        except WorkerRequestError as exc:
+            answers[name] = (exc.status, str(exc))
+    return answers
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +144,7 @@ def pipeline(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> 
         )
         recommendations = {user: worker.client.recommend(user, k=20) for user in marketplace.user_styles}
         rerank = worker.client.rerank(user_id, marketplace.searches[0]["results"], alpha=1.0)
+        http = _http_answers(worker.client, user_id)
         with pytest.raises(StoreLockedError):
             StyleStore(settings)
     finally:
@@ -112,7 +158,7 @@ def pipeline(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> 
         store.close()
     return {
         "settings": settings, "marketplace": marketplace, "stats": stats, "cli": cli, "exit_code": exit_code,
-        "recommendations": recommendations, "rerank": rerank, "stored_users": stored_users, "image_vectors": image_vectors,
+        "recommendations": recommendations, "rerank": rerank, "http": http, "log_path": data_dir / "worker.log", "stored_users": stored_users, "image_vectors": image_vectors,
     }
 
 
@@ -227,3 +273,63 @@ def test_produced_keys_follow_user_id(kafka: EmbeddedKafka, tmp_path: Path) -> N
 
     assert [message.key for message in messages] == [b"user-a"]
     assert json.loads(messages[0].value)["timestamp"] == 1700000000.0
+
+
+def test_health_ready_and_user_endpoints(pipeline: dict[str, Any]) -> None:
+    http = pipeline["http"]
+
+    assert http["health"] == {"status": "ok"}
+    assert http["ready"] == {"ready": True}
+    assert http["user"]["event_count"] > 0
+    assert http["user"]["vector_dim"] == 64
+    assert 0 <= http["user"]["freshness_seconds"] < 600
+
+
+@pytest.mark.parametrize("name", sorted(BAD_REQUESTS))
+def test_bad_request_names_parameter(pipeline: dict[str, Any], name: str) -> None:
+    status, message = pipeline["http"][name]
+    expected_status, parameter = BAD_REQUESTS[name][4], BAD_REQUESTS[name][5]
+
+    assert status == expected_status
+    assert parameter in message
+
+
+def test_invalid_json_body_rejected(pipeline: dict[str, Any]) -> None:
+    assert pipeline["http"]["invalid_json_body"] == (400, "body")
+
+
+def test_metrics_expose_required_series(pipeline: dict[str, Any]) -> None:
+    metrics = pipeline["http"]["metrics"]
+    settings = pipeline["settings"]
+
+    for series in (
+        f'stylestream_events_consumed_total{{topic="{settings.downloads_topic}"}}',
+        'stylestream_dlq_messages_total{reason="unknown_image"} 1',
+        "stylestream_event_to_upsert_seconds_bucket",
+        "stylestream_flush_size_users_count",
+        "stylestream_flush_duration_seconds_sum",
+        "stylestream_store_retries_total 0",
+        f'stylestream_consumer_lag{{topic="{settings.downloads_topic}",partition="0"}}',
+        "stylestream_table_size_users",
+    ):
+        assert series in metrics, series
+
+
+def test_openapi_documents_every_endpoint(pipeline: dict[str, Any]) -> None:
+    import yaml
+
+    spec = yaml.safe_load(pipeline["http"]["openapi"])
+
+    assert set(spec["paths"]) >= {
+        "/health", "/ready", "/stats", "/metrics", "/users/{user_id}", "/users/{user_id}/recommendations", "/users/{user_id}/rerank",
+    }
+
+
+def test_worker_logs_json_lines(pipeline: dict[str, Any]) -> None:
+    records = []
+    for line in pipeline["log_path"].read_text().splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+
+    assert any(record["level"] == "WARNING" and "Dead-lettering" in record["message"] for record in records)
+    assert all({"time", "level", "logger", "message"} <= set(record) for record in records)
