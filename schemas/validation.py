@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -140,6 +141,9 @@ def _id(document: dict[str, Any], name: str, limits: Limits, *, optional: bool =
     return _id_value(value, name, limits)
 
 
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f]")
+
+
 def _id_value(value: Any, name: str, limits: Limits) -> str:
     if not isinstance(value, str):
         raise InvalidEvent(INVALID_TYPE, f"field {name!r} must be a string, got {_preview(value)}", name)
@@ -149,7 +153,7 @@ def _id_value(value: Any, name: str, limits: Limits) -> str:
         raise InvalidEvent(
             INVALID_ID, f"field {name!r} is {len(value)} characters, over the limit of {limits.max_id_length}", name
         )
-    if any(ord(char) < 32 for char in value):
+    if _CONTROL_CHARACTERS.search(value):
         raise InvalidEvent(INVALID_ID, f"field {name!r} contains control characters: {_preview(value)}", name)
     return value
 
@@ -198,12 +202,15 @@ def _id_list(document: dict[str, Any], name: str, limits: Limits, max_length: in
         raise InvalidEvent(INVALID_TYPE, f"field {name!r} must be a list of strings, got {_preview(value)}", name)
     if len(value) > max_length:
         raise InvalidEvent(LIST_TOO_LONG, f"field {name!r} has {len(value)} items, over the limit of {max_length}", name)
-    items = [_id_value(item, f"{name}[{index}]", limits) for index, item in enumerate(value)]
-    if len(set(items)) != len(items):
+    # Fast path for the common valid list; any doubt falls through to the per-item checks and messages.
+    valid = all(type(item) is str and 0 < len(item) <= limits.max_id_length and not item.isspace() for item in value)
+    if not valid or _CONTROL_CHARACTERS.search("".join(value)):
+        value = [_id_value(item, f"{name}[{index}]", limits) for index, item in enumerate(value)]
+    if len(set(value)) != len(value):
         seen: set[str] = set()
-        duplicate = next(item for item in items if item in seen or seen.add(item))
+        duplicate = next(item for item in value if item in seen or seen.add(item))
         raise InvalidEvent(DUPLICATE_ID, f"field {name!r} lists {duplicate!r} more than once", name)
-    return items
+    return value
 
 
 def _vector(document: dict[str, Any], name: str, limits: Limits, expected_dim: int | None) -> list[float]:
@@ -245,39 +252,39 @@ def _check_key(key: bytes | str | None, expected: str, name: str) -> None:
         )
 
 
-def parse_download(raw: bytes | str | None, limits: Limits = Limits(), key: bytes | str | None = None) -> Download:
-    """Validate a downloads message and return its record."""
+def validate_download(raw: bytes | str | None, limits: Limits = Limits(), key: bytes | str | None = None) -> dict[str, Any]:
+    """Validate a downloads message and return its fields, with the timestamp as epoch seconds."""
     document = _decode(raw, limits)
     _check_fields(document, {"event_id", "user_id", "image_id", "timestamp"}, {"search_id"})
-    record = Download(
-        event_id=_id(document, "event_id", limits),
-        user_id=_id(document, "user_id", limits),
-        image_id=_id(document, "image_id", limits),
-        timestamp=parse_timestamp(document["timestamp"], limits=limits),
-        search_id=_id(document, "search_id", limits, optional=True),
-    )
-    _check_key(key, record.user_id, "user_id")
-    return record
+    fields = {
+        "event_id": _id(document, "event_id", limits),
+        "user_id": _id(document, "user_id", limits),
+        "image_id": _id(document, "image_id", limits),
+        "timestamp": parse_timestamp(document["timestamp"], limits=limits),
+        "search_id": _id(document, "search_id", limits, optional=True),
+    }
+    _check_key(key, fields["user_id"], "user_id")
+    return fields
 
 
-def parse_search(raw: bytes | str | None, limits: Limits = Limits(), key: bytes | str | None = None) -> Search:
-    """Validate a searches message and return its record."""
+def validate_search(raw: bytes | str | None, limits: Limits = Limits(), key: bytes | str | None = None) -> dict[str, Any]:
+    """Validate a searches message and return its fields, with the timestamp as epoch seconds."""
     document = _decode(raw, limits)
     _check_fields(document, {"event_id", "user_id", "search_id", "query", "timestamp", "results"}, set())
-    record = Search(
-        event_id=_id(document, "event_id", limits),
-        user_id=_id(document, "user_id", limits),
-        search_id=_id(document, "search_id", limits),
-        query=_text(document, "query", limits.max_query_length),
-        timestamp=parse_timestamp(document["timestamp"], limits=limits),
-        results=_id_list(document, "results", limits, limits.max_results),
-    )
-    _check_key(key, record.user_id, "user_id")
-    return record
+    fields = {
+        "event_id": _id(document, "event_id", limits),
+        "user_id": _id(document, "user_id", limits),
+        "search_id": _id(document, "search_id", limits),
+        "query": _text(document, "query", limits.max_query_length),
+        "timestamp": parse_timestamp(document["timestamp"], limits=limits),
+        "results": _id_list(document, "results", limits, limits.max_results),
+    }
+    _check_key(key, fields["user_id"], "user_id")
+    return fields
 
 
-def parse_image(raw: bytes | str | None, limits: Limits = Limits(), key: bytes | str | None = None) -> Image:
-    """Validate an images message and return its record."""
+def validate_image(raw: bytes | str | None, limits: Limits = Limits(), key: bytes | str | None = None) -> dict[str, Any]:
+    """Validate an images message and return its fields, with the timestamp as epoch seconds."""
     document = _decode(raw, limits)
     _check_fields(
         document,
@@ -287,19 +294,40 @@ def parse_image(raw: bytes | str | None, limits: Limits = Limits(), key: bytes |
     metadata = document.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise InvalidEvent(INVALID_TYPE, f"field 'metadata' must be an object or null, got {_preview(metadata)}", "metadata")
-    record = Image(
-        image_id=_id(document, "image_id", limits),
-        timestamp=parse_timestamp(document["timestamp"], limits=limits),
-        deep=_vector(document, "deep", limits, limits.deep_dim),
-        colors=_vector(document, "colors", limits, limits.colors_dim),
-        categories=_id_list(document, "categories", limits, limits.max_labels),
-        keywords=_id_list(document, "keywords", limits, limits.max_labels),
-        creator=_id(document, "creator", limits, optional=True),
-        metadata=metadata,
-    )
-    _check_key(key, record.image_id, "image_id")
-    return record
+    fields = {
+        "image_id": _id(document, "image_id", limits),
+        "timestamp": parse_timestamp(document["timestamp"], limits=limits),
+        "deep": _vector(document, "deep", limits, limits.deep_dim),
+        "colors": _vector(document, "colors", limits, limits.colors_dim),
+        "categories": _id_list(document, "categories", limits, limits.max_labels),
+        "keywords": _id_list(document, "keywords", limits, limits.max_labels),
+        "creator": _id(document, "creator", limits, optional=True),
+        "metadata": metadata,
+    }
+    _check_key(key, fields["image_id"], "image_id")
+    return fields
 
+
+def parse_download(raw: bytes | str | None, limits: Limits = Limits(), key: bytes | str | None = None) -> Download:
+    """Validate a downloads message and return its record."""
+    return Download(**validate_download(raw, limits, key))
+
+
+def parse_search(raw: bytes | str | None, limits: Limits = Limits(), key: bytes | str | None = None) -> Search:
+    """Validate a searches message and return its record."""
+    return Search(**validate_search(raw, limits, key))
+
+
+def parse_image(raw: bytes | str | None, limits: Limits = Limits(), key: bytes | str | None = None) -> Image:
+    """Validate an images message and return its record."""
+    return Image(**validate_image(raw, limits, key))
+
+
+VALIDATORS: dict[str, Callable[..., dict[str, Any]]] = {
+    "downloads": validate_download,
+    "searches": validate_search,
+    "images": validate_image,
+}
 
 PARSERS: dict[str, Callable[..., Any]] = {
     "downloads": parse_download,
