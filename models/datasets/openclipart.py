@@ -123,6 +123,7 @@ def parse_rdf(data: bytes) -> dict[str, Any]:
         keyword = (item.text or "").strip().lower()
         if keyword and keyword not in keywords:
             keywords.append(keyword)
+    # NOTE: creator names are used as written, so one person under two spellings counts as two.
     creator = (work.findtext("dc:creator/cc:Agent/dc:title", default="", namespaces=NAMESPACES) or "").strip()
     title = (work.findtext("dc:title", default="", namespaces=NAMESPACES) or "").strip()
     return {"title": title, "keywords": keywords, "creator": creator or None}
