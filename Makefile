@@ -31,3 +31,9 @@ test-unit: install
 
 clean:
 	rm -rf data demo-output .pytest_cache
+
+.PHONY: model
+# Rebuild the demo checkpoint: train on the default simulated marketplace (seed 7, fixed end time)
+# with seed 0, holding out the newest 10 % of events for `stylestream evaluate`.
+model: install
+	$(BIN)/stylestream train --simulate --sim-seed 7 --seed 0 --checkpoint models/checkpoints/style-encoder.pt --plots demo-output/model

@@ -270,5 +270,10 @@ main.add_command(datasets)
 main.add_command(report)
 
 
+from stylestream.streams.cli_models import evaluate, train  # noqa: E402
+
+main.add_command(train)
+main.add_command(evaluate)
+
 if __name__ == "__main__":
     main()
