@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 
 SECONDS_PER_DAY = 86400.0
+RECENT_EVENT_IDS = 64
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,10 @@ class StyleStreamApp:
         self.settings = settings
         self.encoder = encoder or load_encoder(settings)
         self.stats = WorkerStats()
-        store.ensure_collections(self.encoder.style_dim)
-        self.store = AsyncStyleStore(store)
+        # The worker writes its model version's collections; queries read through the aliases.
+        versioned = store.view(settings.collection_version or self.encoder.model_version)
+        versioned.ensure_collections(self.encoder.style_dim)
+        self.store = AsyncStyleStore(versioned)
         self.limits: Limits = settings.limits(self.encoder.schema.deep_dim, self.encoder.schema.colors_dim)
         self.app = self._build_app()
         self._declare_topology()

@@ -247,6 +247,50 @@ def rerank(user_id: str, image_ids: tuple[str, ...], alpha: float, as_json: bool
 
 
 @main.command()
+@click.option("--from", "start", default="earliest", show_default=True, help="'earliest', or a UTC time (epoch seconds or ISO-8601) to start at.")
+@click.option("--to-collection", help="Users collection to build, such as users_v2 (images go to images_v2). Default: users_<model version>.")
+@click.option("--swap-alias", is_flag=True, help="Point the images and users aliases at the new collections when done.")
+@click.option("--seed", "seed_app_id", help="App id (consumer group) of the worker that continues after the replay; stop its workers first.")
+@click.option("--no-reencode", is_flag=True, help="Reuse the images already in the target images collection.")
+@setting_options
+def replay(start: str, to_collection: str | None, swap_alias: bool, seed_app_id: str | None, no_reencode: bool, **overrides: Any) -> None:
+    """Rebuild every user's vector from the downloads and searches topics into versioned collections."""
+    from stylestream.schemas.validation import parse_timestamp
+    from stylestream.streams.app import load_encoder
+    from stylestream.streams.replay import run_replay
+    from stylestream.streams.store import StyleStore
+
+    settings = build_settings(overrides)
+    configure_logging(settings.log_level)
+    if settings.broker == "embedded":
+        raise click.UsageError("replay reads a running broker: pass --broker kafka://HOST:PORT or set STYLESTREAM_BROKER")
+    start_at: str | float = start
+    if start != "earliest":
+        try:
+            start_at = parse_timestamp(float(start), "--from")
+        except ValueError:
+            start_at = parse_timestamp(start, "--from")
+    version = None
+    if to_collection:
+        prefix = f"{settings.users_collection}_"
+        version = to_collection[len(prefix):] if to_collection.startswith(prefix) else to_collection
+    encoder = load_encoder(settings)
+    store = StyleStore(settings)
+    try:
+        result = run_replay(settings, encoder, store, start_at, reencode=not no_reencode, seed_app_id=seed_app_id,
+                            swap_alias=swap_alias, collection_version=version)
+    finally:
+        store.close()
+    click.echo(
+        f"Replayed {result.events} events ({result.invalid} invalid) into {result.collections['users']}: "
+        f"{result.users_with_vectors} users with vectors, {result.events_per_second:,.0f} events/s"
+    )
+    if seed_app_id:
+        hint = f" STYLESTREAM_COLLECTION_VERSION={version}" if version else ""
+        click.echo(f"Start the continuing worker with STYLESTREAM_APP_ID={seed_app_id}{hint} and the same model.")
+
+
+@main.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data/demo"), show_default=True, help="Emptied and reused.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures as JSON.")
 @click.option("--images", type=int, default=2000, show_default=True)

@@ -11,6 +11,7 @@ import logging
 from typing import Any, Callable, MutableMapping
 
 from stylestream.models.preference import (
+    RECENT_EVENT_IDS,
     PreferenceParams,
     UserState,
     apply_download,
@@ -23,8 +24,6 @@ from stylestream.streams.images import ImageVectorCache
 from stylestream.streams.stats import WorkerStats
 
 log = logging.getLogger(__name__)
-
-RECENT_EVENT_IDS = 64
 
 
 class UserProcessor:

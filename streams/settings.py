@@ -44,8 +44,11 @@ class Settings(BaseSettings):
     image_partitions: int = Field(2, ge=1, description="Partitions of the images topic.")
     replication_factor: int = Field(1, ge=1)
 
-    images_collection: str = "images"
-    users_collection: str = "users"
+    images_collection: str = Field("images", description="Alias that queries read images through.")
+    users_collection: str = Field("users", description="Alias that queries read users through.")
+    collection_version: str | None = Field(
+        None, description="Suffix of the collections a worker writes (images_<suffix>, users_<suffix>); unset uses the model version."
+    )
 
     half_life_days: float = Field(30.0, gt=0, description="Half-life of a contribution's weight, in days of event time.")
     download_weight: float = Field(1.0, gt=0)

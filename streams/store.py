@@ -11,9 +11,11 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
+import re
+import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from qdrant_client import QdrantClient
@@ -74,21 +76,66 @@ def label_filter(categories: Sequence[str] = (), keywords: Sequence[str] = ()) -
     return conditions
 
 
-class StyleStore:
-    """Image and user collections in Qdrant: upserts, look-ups and nearest-image queries."""
+def _locked(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a StyleStore method while holding the store's lock."""
 
-    def __init__(self, settings: Settings, client: QdrantClient | None = None) -> None:
+    @functools.wraps(method)
+    def wrapper(self: "StyleStore", *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def versioned_name(base: str, model_version: str) -> str:
+    """Return the physical collection name of a model version, such as users_untrained_jl_v1_000f69ad."""
+    return f"{base}_{re.sub(r'[^A-Za-z0-9_]+', '_', model_version)}"
+
+
+class StyleStore:
+    """Image and user collections in Qdrant: upserts, look-ups and nearest-image queries.
+
+    With a `model_version`, the store writes and reads that version's physical collections
+    (`images_<version>`, `users_<version>`), and `ensure_collections` points the `images` and
+    `users` aliases at them if the aliases do not exist yet. Without one, it reads through the
+    aliases, which is what queries use: they see a version only after its aliases are swapped.
+    Calls are serialised by a lock, so threads may share one store.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: QdrantClient | None = None,
+        model_version: str | None = None,
+        lock: threading.RLock | None = None,
+    ) -> None:
         self.settings = settings
-        self.images = settings.images_collection
-        self.users = settings.users_collection
+        self.model_version = model_version
+        self.image_alias = settings.images_collection
+        self.user_alias = settings.users_collection
+        if model_version is None:
+            self.images, self.users = self.image_alias, self.user_alias
+        else:
+            self.images = versioned_name(self.image_alias, model_version)
+            self.users = versioned_name(self.user_alias, model_version)
         self.client = client or open_client(settings)
+        self.lock = lock or threading.RLock()
+
+    def view(self, model_version: str | None) -> "StyleStore":
+        """Return a store on the same client and lock for another model version (None: the aliases)."""
+        return StyleStore(self.settings, self.client, model_version, self.lock)
 
     def close(self) -> None:
         """Close the client and release the embedded store's lock."""
-        self.client.close()
+        with self.lock:
+            self.client.close()
 
     def ensure_collections(self, style_dim: int) -> None:
         """Create the image and user collections when missing; check the vector size of existing ones."""
+        with self.lock:
+            self._ensure_collections(style_dim)
+
+    def _ensure_collections(self, style_dim: int) -> None:
         for name in (self.images, self.users):
             if self.client.collection_exists(name):
                 info = self.client.get_collection(name)
@@ -105,7 +152,39 @@ class StyleStore:
             # Local mode ignores payload indexes (and warns), so only a server gets them.
             for field in ("categories", "keywords"):
                 self.client.create_payload_index(self.images, field, qm.PayloadSchemaType.KEYWORD)
+        if self.model_version is not None:
+            existing = {alias.alias_name for alias in self.client.get_aliases().aliases}
+            for alias, name in ((self.image_alias, self.images), (self.user_alias, self.users)):
+                if alias not in existing and not self.client.collection_exists(alias):
+                    self.client.update_collection_aliases(
+                        [qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=name, alias_name=alias))]
+                    )
+                    log.info("Pointed alias %s at collection %s", alias, name)
 
+    def swap_aliases(self) -> dict[str, str]:
+        """Point the `images` and `users` aliases at this version's collections in one request.
+
+        Returns alias -> collection. Queries switch from the old version to this one atomically.
+        """
+        if self.model_version is None:
+            raise StoreError("swap_aliases needs a store opened for a model version")
+        operations: list[Any] = []
+        with self.lock:
+            existing = {alias.alias_name for alias in self.client.get_aliases().aliases}
+            for alias, name in ((self.image_alias, self.images), (self.user_alias, self.users)):
+                if alias not in existing and self.client.collection_exists(alias):
+                    raise StoreError(
+                        f"{alias!r} is a collection, not an alias, so it cannot be swapped; "
+                        "rebuild it as a versioned collection first"
+                    )
+                if alias in existing:
+                    operations.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias)))
+                operations.append(qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=name, alias_name=alias)))
+            self.client.update_collection_aliases(operations)
+        log.info("Swapped aliases %s -> %s and %s -> %s", self.image_alias, self.images, self.user_alias, self.users)
+        return {self.image_alias: self.images, self.user_alias: self.users}
+
+    @_locked
     def require_collections(self) -> None:
         """Raise StoreError naming the fix when the image or user collection does not exist."""
         for name in (self.images, self.users):
@@ -116,6 +195,7 @@ class StyleStore:
                     "the collections), or point --data-dir or --qdrant-url at the store a worker wrote."
                 )
 
+    @_locked
     def upsert_images(self, payloads: Sequence[dict[str, Any]], vectors: np.ndarray) -> None:
         """Upsert images in one request; each payload must hold `image_id`."""
         points = [
@@ -125,6 +205,7 @@ class StyleStore:
         if points:
             self.client.upsert(self.images, points=points, wait=True)
 
+    @_locked
     def image_vectors(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
         """Return the style vectors of the known images among `image_ids`."""
         ids = list(dict.fromkeys(image_ids))
@@ -133,11 +214,25 @@ class StyleStore:
         points = self.client.retrieve(self.images, ids=[image_point_id(i) for i in ids], with_vectors=True, with_payload=["image_id"])
         return {point.payload["image_id"]: np.asarray(point.vector, dtype=np.float64) for point in points}
 
+    @_locked
+    def all_image_vectors(self) -> dict[str, np.ndarray]:
+        """Return the style vector of every image in the collection."""
+        vectors: dict[str, np.ndarray] = {}
+        offset = None
+        while True:
+            points, offset = self.client.scroll(self.images, limit=2000, offset=offset, with_payload=["image_id"], with_vectors=True)
+            for point in points:
+                vectors[point.payload["image_id"]] = np.asarray(point.vector, dtype=np.float64)
+            if offset is None:
+                return vectors
+
+    @_locked
     def set_download_counts(self, counts: dict[str, int]) -> None:
         """Store each image's total download count in its payload (used by the popularity fallback)."""
         for image_id, count in counts.items():
             self.client.set_payload(self.images, payload={"download_count": count}, points=[image_point_id(image_id)], wait=False)
 
+    @_locked
     def upsert_users(self, users: Sequence[tuple[str, np.ndarray, dict[str, Any]]]) -> None:
         """Upsert users in one request, as (user_id, vector, payload) triples."""
         points = [
@@ -147,6 +242,7 @@ class StyleStore:
         if points:
             self.client.upsert(self.users, points=points, wait=True)
 
+    @_locked
     def upsert_users_if_newer(self, users: Sequence[tuple[str, np.ndarray, dict[str, Any]]]) -> int:
         """Upsert users whose payload `event_count` is above the stored one; return how many were written.
 
@@ -176,11 +272,13 @@ class StyleStore:
         self.upsert_users(newer)
         return len(newer)
 
+    @_locked
     def delete_users(self, user_ids: Sequence[str]) -> None:
         """Delete user points, for users that no longer have a vector."""
         if user_ids:
             self.client.delete(self.users, points_selector=qm.PointIdsList(points=[user_point_id(u) for u in user_ids]))
 
+    @_locked
     def get_user(self, user_id: str) -> UserPoint | None:
         """Return the user's stored vector and payload, or None when the user has no vector."""
         points = self.client.retrieve(self.users, ids=[user_point_id(user_id)], with_vectors=True, with_payload=True)
@@ -189,6 +287,7 @@ class StyleStore:
         point = points[0]
         return UserPoint(user_id=user_id, vector=np.asarray(point.vector, dtype=np.float64), payload=dict(point.payload or {}))
 
+    @_locked
     def nearest_images(
         self, vector: np.ndarray, k: int, exclude: Sequence[str] = (), conditions: Sequence[qm.FieldCondition] = ()
     ) -> list[ScoredImage]:
@@ -202,6 +301,7 @@ class StyleStore:
         )
         return [ScoredImage(point.payload["image_id"], float(point.score), dict(point.payload)) for point in response.points]
 
+    @_locked
     def popular_images(self, k: int, exclude: Sequence[str] = (), conditions: Sequence[qm.FieldCondition] = ()) -> list[ScoredImage]:
         """Return the k most downloaded images, most downloaded first, ties by image id."""
         excluded = set(exclude)
@@ -221,6 +321,7 @@ class StyleStore:
         ranked.sort(key=lambda item: (-item[0], item[1]))
         return [ScoredImage(image_id, float(count), payload) for count, image_id, payload in ranked[:k]]
 
+    @_locked
     def count(self, collection: str) -> int:
         """Return the number of points in a collection."""
         return self.client.count(collection, exact=True).count

@@ -1,0 +1,363 @@
+"""Replay: rebuild every user's state from the event topics at transport speed.
+
+A replay reads `downloads` and `searches` up to the end offsets it finds when it starts, with a
+bulk aiokafka consumer, validates each event as the worker does (invalid events are skipped, as
+the worker dead-letters them), computes the states in one vectorised pass (`models.batch`), and
+bulk-upserts the served vectors into the model version's users collection.
+
+Continuity: with `seed_app_id`, the replay hands its result to the live worker of that app id.
+It writes each state to the table's changelog topic (the worker recovers its table from it),
+then commits the consumer group's offsets at the replay's end offsets. The worker then applies
+exactly the events after the replay, including those produced while it ran. The group must have
+no running members while it is seeded.
+
+Progress is checkpointed under `data_dir/replay/`, so an interrupted replay resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+from kafka.partitioner import murmur2
+from kafka.structs import OffsetAndMetadata
+from tqdm import tqdm
+
+from stylestream.models.batch import EventLog, build_states
+from stylestream.models.encoder import StyleEncoder
+from stylestream.models.preference import UserState, user_vector
+from stylestream.schemas.errors import StylestreamError
+from stylestream.schemas.validation import VALIDATORS, InvalidEvent
+from stylestream.streams.kafka_security import kafka_python_options
+from stylestream.streams.settings import Settings
+from stylestream.streams.sink import user_payload
+from stylestream.streams.store import StyleStore
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_EVERY = 250_000
+UPSERT_BATCH = 1000
+
+
+class ReplayError(StylestreamError):
+    """A replay could not read its topics, seed the live worker, or write the store."""
+
+
+@dataclass
+class ReplayResult:
+    """What a replay read and wrote, and where it ended."""
+
+    events: int = 0
+    invalid: int = 0
+    event_seconds: float = 0.0
+    users: int = 0
+    users_with_vectors: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    end_offsets: dict[str, int] = field(default_factory=dict)
+    collections: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def events_per_second(self) -> float:
+        """Return the throughput of reading events and computing and writing users (image encoding excluded)."""
+        return self.events / self.event_seconds if self.event_seconds else 0.0
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """Return the partition Kafka's default partitioner picks for a string key."""
+    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def offset_ranges(settings: Settings, topics: list[str], start: str | float) -> dict[TopicPartition, tuple[int, int]]:
+    """Return (start, end) offsets of every partition: from the beginning or from a UTC epoch time, to the end now."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, **kafka_python_options(settings))
+    try:
+        from kafka import TopicPartition as KafkaTopicPartition
+
+        partitions = [
+            KafkaTopicPartition(topic, number) for topic in topics for number in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            raise ReplayError(f"none of the topics {topics} exist on {settings.broker}")
+        ends = consumer.end_offsets(partitions)
+        if start == "earliest":
+            starts = consumer.beginning_offsets(partitions)
+        else:
+            found = consumer.offsets_for_times({tp: int(float(start) * 1000) for tp in partitions})
+            starts = {tp: (found[tp].offset if found[tp] is not None else ends[tp]) for tp in partitions}
+    finally:
+        consumer.close()
+    return {TopicPartition(tp.topic, tp.partition): (starts[tp], ends[tp]) for tp in partitions}
+
+
+async def _consume(settings: Settings, ranges: dict[TopicPartition, tuple[int, int]], checkpoint: Path, limits: Any) -> tuple[EventLog, int]:
+    """Read and validate every event in `ranges`; resume from and save to `checkpoint`."""
+    log_so_far, positions, invalid = EventLog(), {tp: start for tp, (start, _) in ranges.items()}, 0
+    if checkpoint.exists():
+        saved = pickle.loads(checkpoint.read_bytes())
+        log_so_far, invalid = saved["log"], saved["invalid"]
+        positions.update({TopicPartition(topic, partition): offset for (topic, partition), offset in saved["positions"].items()})
+        log.info("Resuming replay from %s with %d events already read", checkpoint, len(log_so_far))
+    kinds = {settings.downloads_topic: "downloads", settings.searches_topic: "searches"}
+    pending = {tp for tp, (_, end) in ranges.items() if positions[tp] < end}
+    total = sum(end - start for start, end in ranges.values())
+    done = sum(positions[tp] - start for tp, (start, _) in ranges.items())
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, fetch_max_bytes=64 * 1048576,
+        max_partition_fetch_bytes=16 * 1048576, max_poll_records=50_000,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(pending))
+        for tp in pending:
+            consumer.seek(tp, positions[tp])
+        since_checkpoint = 0
+        with tqdm(total=total, initial=done, unit="event", desc="replay", smoothing=0.1) as bar:
+            while pending:
+                batches = await consumer.getmany(*pending, timeout_ms=1000, max_records=50_000)
+                for tp, messages in batches.items():
+                    end = ranges[tp][1]
+                    kind = kinds[tp.topic]
+                    validate = VALIDATORS[kind]
+                    add = log_so_far.add_download if kind == "downloads" else log_so_far.add_search
+                    source = f"{tp.topic}:{tp.partition}"
+                    taken = 0
+                    for message in messages:
+                        if message.offset >= end:
+                            break
+                        taken += 1
+                        try:
+                            add(validate(message.value, limits, key=message.key), source, message.offset)
+                        except InvalidEvent:
+                            invalid += 1
+                    positions[tp] = messages[-1].offset + 1 if taken == len(messages) else end
+                    if positions[tp] >= end:
+                        pending.discard(tp)
+                        consumer.pause(tp)
+                    bar.update(taken)
+                    since_checkpoint += taken
+                    if since_checkpoint >= CHECKPOINT_EVERY:
+                        _save_checkpoint(checkpoint, log_so_far, positions, invalid)
+                        since_checkpoint = 0
+    finally:
+        await consumer.stop()
+    _save_checkpoint(checkpoint, log_so_far, positions, invalid)
+    return log_so_far, invalid
+
+
+def _save_checkpoint(path: Path, event_log: EventLog, positions: dict[TopicPartition, int], invalid: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    saved = {"log": event_log, "invalid": invalid, "positions": {(tp.topic, tp.partition): offset for tp, offset in positions.items()}}
+    temporary.write_bytes(pickle.dumps(saved, protocol=pickle.HIGHEST_PROTOCOL))
+    temporary.replace(path)
+
+
+def reencode_images(settings: Settings, encoder: StyleEncoder, store: StyleStore, batch_size: int = 512) -> int:
+    """Encode every image of the images topic with `encoder` into `store` (a versioned store); return the count."""
+    ranges = offset_ranges(settings, [settings.images_topic], "earliest")
+    limits = settings.limits(encoder.schema.deep_dim, encoder.schema.colors_dim)
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, **kafka_python_options(settings))
+    from kafka import TopicPartition as KafkaTopicPartition
+
+    written = 0
+    batch: list[dict[str, Any]] = []
+    try:
+        for tp, (start, end) in ranges.items():
+            kafka_tp = KafkaTopicPartition(tp.topic, tp.partition)
+            consumer.assign([kafka_tp])
+            consumer.seek(kafka_tp, start)
+            position = start
+            while position < end:
+                for records in consumer.poll(timeout_ms=1000, max_records=5000).values():
+                    for record in records:
+                        position = record.offset + 1
+                        if record.offset >= end:
+                            break
+                        try:
+                            batch.append(VALIDATORS["images"](record.value, limits, key=record.key))
+                        except InvalidEvent:
+                            continue
+                        if len(batch) >= batch_size:
+                            written += _encode_batch(encoder, store, batch)
+                            batch = []
+        written += _encode_batch(encoder, store, batch)
+    finally:
+        consumer.close()
+    log.info("Re-encoded %d images into %s with model %s", written, store.images, encoder.model_version)
+    return written
+
+
+def _encode_batch(encoder: StyleEncoder, store: StyleStore, images: list[dict[str, Any]]) -> int:
+    if not images:
+        return 0
+    vectors = encoder.encode(
+        [image["deep"] for image in images], [image["colors"] for image in images],
+        [image["categories"] for image in images], [image["keywords"] for image in images],
+    )
+    payloads = [
+        {key: image[key] for key in ("image_id", "timestamp", "categories", "keywords", "creator")}
+        | {"metadata": image["metadata"] or {}, "model_version": encoder.model_version}
+        for image in images
+    ]
+    store.upsert_images(payloads, vectors)
+    return len(images)
+
+
+def write_users(store: StyleStore, states: dict[str, UserState], model_version: str) -> int:
+    """Upsert the served vector of every state with a vector, in batches; return how many were written."""
+    now = time.time()
+    batch: list[tuple[str, np.ndarray, dict[str, Any]]] = []
+    written = 0
+    for user_id, state in states.items():
+        vector = user_vector(state)
+        if vector is None:
+            continue
+        batch.append((user_id, vector, user_payload(state, model_version, now)))
+        if len(batch) >= UPSERT_BATCH:
+            store.upsert_users(batch)
+            written += len(batch)
+            batch = []
+    store.upsert_users(batch)
+    return written + len(batch)
+
+
+def _ensure_compacted_topic(admin: KafkaAdminClient, name: str, partitions: int, replication: int) -> None:
+    try:
+        admin.create_topics([NewTopic(name, partitions, replication, topic_configs={"cleanup.policy": "compact"})])
+        log.info("Created changelog topic %s with %d partitions", name, partitions)
+    except TopicAlreadyExistsError:
+        pass
+
+
+def seed_worker(
+    settings: Settings, app_id: str, states: dict[str, UserState], download_counts: dict[str, int],
+    end_offsets: dict[TopicPartition, int],
+) -> None:
+    """Hand a replay's result to the live worker of `app_id`: table changelogs first, then group offsets.
+
+    Raises ReplayError when the consumer group still has running members.
+    """
+    options = kafka_python_options(settings)
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="stylestream-replay", **options)
+    try:
+        described = admin.describe_groups([app_id]).get(app_id, {})
+        members = described.get("members") or []
+        if members:
+            raise ReplayError(
+                f"consumer group {app_id!r} has {len(members)} running members; stop its workers before seeding, "
+                "or replay without --seed to only fill the collection"
+            )
+        state_topic = f"{app_id}-user-state-changelog"
+        counts_topic = f"{app_id}-image-download-counts-changelog"
+        _ensure_compacted_topic(admin, state_topic, settings.partitions, settings.replication_factor)
+        _ensure_compacted_topic(admin, counts_topic, settings.image_partitions, settings.replication_factor)
+
+        # Step 1: the states, on the partition that owns each user, as the worker itself writes them.
+        producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=20, **options)
+        for user_id, state in states.items():
+            producer.send(
+                state_topic, key=orjson.dumps(user_id), value=orjson.dumps(state.to_dict()),
+                partition=partition_for(user_id, settings.partitions),
+            )
+        for image_id, count in download_counts.items():
+            producer.send(counts_topic, key=orjson.dumps(image_id), value=orjson.dumps(count), partition=partition_for(image_id, settings.image_partitions))
+        producer.flush(timeout=120)
+        producer.close()
+
+        # Step 2: the group continues after the replay's last events. The popularity topic of the
+        # group starts at its end, because the seeded counts already include every replayed download.
+        offsets = {
+            _kafka_tp(tp): OffsetAndMetadata(offset, "", -1) for tp, offset in end_offsets.items()
+        }
+        offsets.update(_end_offsets(settings, f"{app_id}-image-downloads"))
+        admin.alter_group_offsets(app_id, offsets)
+        log.info("Seeded %d users into %s and committed offsets of group %s", len(states), state_topic, app_id)
+    finally:
+        admin.close()
+
+
+def _kafka_tp(tp: TopicPartition) -> Any:
+    from kafka import TopicPartition as KafkaTopicPartition
+
+    return KafkaTopicPartition(tp.topic, tp.partition)
+
+
+def _end_offsets(settings: Settings, topic: str) -> dict[Any, OffsetAndMetadata]:
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, **kafka_python_options(settings))
+    try:
+        from kafka import TopicPartition as KafkaTopicPartition
+
+        partitions = [KafkaTopicPartition(topic, number) for number in sorted(consumer.partitions_for_topic(topic) or ())]
+        return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in consumer.end_offsets(partitions).items()} if partitions else {}
+    finally:
+        consumer.close()
+
+
+def run_replay(
+    settings: Settings,
+    encoder: StyleEncoder,
+    store: StyleStore,
+    start: str | float = "earliest",
+    reencode: bool = True,
+    seed_app_id: str | None = None,
+    swap_alias: bool = False,
+    collection_version: str | None = None,
+) -> ReplayResult:
+    """Rebuild users from the topics into the encoder's versioned collections of `store`.
+
+    `store` may be any view of the store; the replay writes `images_<version>` (when `reencode`)
+    and `users_<version>`, where the version is `collection_version` or else the encoder's model
+    version. With `swap_alias`, the aliases point at them afterwards, so queries move to the new
+    version at once.
+    """
+    started = time.monotonic()
+    target = store.view(collection_version or encoder.model_version)
+    target.ensure_collections(encoder.style_dim)
+    result = ReplayResult(collections={"images": target.images, "users": target.users})
+
+    # Step 1: the images of this model version.
+    if reencode:
+        result.images = reencode_images(settings, encoder, target)
+    image_vectors = target.all_image_vectors()
+
+    # Step 2: read and validate the user events up to the end offsets of now.
+    events_started = time.monotonic()
+    ranges = offset_ranges(settings, [settings.downloads_topic, settings.searches_topic], start)
+    checkpoint = settings.data_dir / "replay" / f"{target.users}.checkpoint"
+    limits = settings.limits()
+    event_log, result.invalid = asyncio.run(_consume(settings, ranges, checkpoint, limits))
+    result.events = len(event_log) + result.invalid
+    result.end_offsets = {f"{tp.topic}:{tp.partition}": end for tp, (_, end) in ranges.items()}
+
+    # Step 3: states, served vectors and popularity.
+    batch = build_states(event_log, image_vectors, settings.preference, encoder.style_dim)
+    result.users = len(batch.states)
+    result.users_with_vectors = write_users(target, batch.states, encoder.model_version)
+    target.set_download_counts(batch.download_counts)
+    result.event_seconds = time.monotonic() - events_started
+
+    # Step 4: hand over to the live worker, then switch queries.
+    if seed_app_id is not None:
+        seed_worker(settings, seed_app_id, batch.states, batch.download_counts, {tp: end for tp, (_, end) in ranges.items()})
+    if swap_alias:
+        target.swap_aliases()
+    checkpoint.unlink(missing_ok=True)
+    result.seconds = time.monotonic() - started
+    log.info(
+        "Replay wrote %d users (%d with vectors) from %d events (%d invalid) in %.1f s",
+        result.users, result.users_with_vectors, result.events, result.invalid, result.seconds,
+    )
+    return result
