@@ -201,7 +201,11 @@ def build_states(
     for user_id, book in books.items():
         number = user_index[user_id]
         links = sorted(book.links.items(), key=lambda item: (item[1].timestamp or 0.0, item[0]))
-        recent = sorted(book.downloads, key=lambda item: (-item[0], item[1]))[: params.max_recent_downloads]
+        newest: dict[str, float] = {}
+        for timestamp, image_id in book.downloads:
+            newest[image_id] = max(timestamp, newest.get(image_id, timestamp))
+        recent = sorted(((t, image_id) for image_id, t in newest.items()), key=lambda item: (-item[0], item[1]))
+        recent = recent[: params.max_recent_downloads]
         has_contribution = np.isfinite(t_ref[number])
         states[user_id] = UserState(
             user_id=user_id,

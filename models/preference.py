@@ -206,9 +206,13 @@ def apply_download(
     state.positive_mass += params.download_weight * float(decay_factor(state.t_ref - timestamp, params.half_life_seconds))
     _count_event(state, timestamp)
 
-    state.recent_downloads.append((timestamp, image_id))
-    state.recent_downloads.sort(key=lambda item: (-item[0], item[1]))
-    del state.recent_downloads[params.max_recent_downloads:]
+    # Each image appears once, at its newest download time, so repeats do not crowd out others.
+    previous = next((t for t, seen in state.recent_downloads if seen == image_id), None)
+    if previous is None or timestamp > previous:
+        state.recent_downloads = [item for item in state.recent_downloads if item[1] != image_id]
+        state.recent_downloads.append((timestamp, image_id))
+        state.recent_downloads.sort(key=lambda item: (-item[0], item[1]))
+        del state.recent_downloads[params.max_recent_downloads:]
 
     if search_id is None:
         return

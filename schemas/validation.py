@@ -37,6 +37,7 @@ DUPLICATE_ID = "duplicate_id"
 KEY_MISMATCH = "key_mismatch"
 UNKNOWN_IMAGE = "unknown_image"
 DUPLICATE_EVENT = "duplicate_event"
+WRONG_PARTITION = "wrong_partition"
 
 
 class InvalidEvent(StylestreamError, ValueError):

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import faust
 
 from stylestream.models.encoder import StyleEncoder, untrained_encoder
-from stylestream.schemas.validation import PARSERS, InvalidEvent, Limits
+from stylestream.schemas.validation import PARSERS, WRONG_PARTITION, InvalidEvent, Limits
 from stylestream.streams.dlq import DeadLetters
 from stylestream.streams.images import ImageIndexer, ImageVectorCache
 from stylestream.streams.kafka_security import faust_credentials, kafka_python_options
@@ -24,6 +24,7 @@ from stylestream.streams.processor import UserProcessor
 from stylestream.streams.settings import Settings
 from stylestream.streams.sink import UserSink
 from stylestream.streams.stats import WorkerStats
+from stylestream.streams.topics import partition_for
 from stylestream.streams.store import AsyncStyleStore, StyleStore
 
 log = logging.getLogger(__name__)
@@ -126,13 +127,27 @@ class StyleStreamApp:
 
         register_views(self)
 
+    def _check_partition(self, user_id: str, source: str) -> None:
+        """Reject a user event on another partition than its user's: the table keeps a user's state on one partition."""
+        partition = int(source.rpartition(":")[2])
+        expected = partition_for(user_id, self.settings.partitions)
+        if partition != expected:
+            raise InvalidEvent(
+                WRONG_PARTITION,
+                f"event of user {user_id!r} arrived on partition {partition}, but its key belongs to partition "
+                f"{expected}; produce user events with the message key set to user_id",
+                "user_id",
+            )
+
     async def _on_download(self, value: bytes, key: bytes | None, source: str, offset: int, produced_at: float | None) -> None:
         record = PARSERS["downloads"](value, self.limits, key=key)
+        self._check_partition(record.user_id, source)
         if await self.processor.download(record, source, offset, produced_at):
             await self.popularity_topic.send(key=record.image_id.encode(), value=b"")
 
     async def _on_search(self, value: bytes, key: bytes | None, source: str, offset: int, produced_at: float | None) -> None:
         record = PARSERS["searches"](value, self.limits, key=key)
+        self._check_partition(record.user_id, source)
         await self.processor.search(record, source, offset, produced_at)
 
     def _user_agent(self, topic: str, handler: Callable[..., Any]) -> Callable[..., Any]:

@@ -98,6 +98,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _cluster_id() -> str:
     """Return a KRaft cluster id: 22 URL-safe base64 characters that do not start with '-'."""
     while True:
@@ -163,6 +172,11 @@ class EmbeddedKafka:
             self.work_dir = Path(tempfile.mkdtemp(prefix="stylestream-kafka-"))
             self._owns_work_dir = True
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.port and not _port_is_free(self.port):
+            raise BrokerError(
+                f"port {self.port} on 127.0.0.1 is already in use, perhaps by another broker; "
+                "stop it, pick another port, or pass 0 for a free one"
+            )
         self.port = self.port or free_port()
         controller_port = free_port()
 
@@ -178,7 +192,7 @@ class EmbeddedKafka:
 
         # Step 2: format the KRaft metadata log.
         formatted = subprocess.run(
-            [*java, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(properties),
+            [*java, "kafka.tools.StorageTool", "format", "-t", self._cluster_id(), "-c", str(properties),
              "--ignore-formatted"],
             capture_output=True, text=True,
         )
@@ -196,6 +210,16 @@ class EmbeddedKafka:
         self._wait_until_ready(timeout, log_path)
         log.info("Apache Kafka is ready on %s", self.bootstrap)
         return self
+
+    def _cluster_id(self) -> str:
+        """Return the cluster id stored in the work folder, creating it on first start."""
+        assert self.work_dir is not None
+        path = self.work_dir / "cluster.id"
+        if path.exists():
+            return path.read_text().strip()
+        cluster_id = _cluster_id()
+        path.write_text(cluster_id)
+        return cluster_id
 
     def _wait_until_ready(self, timeout: float, log_path: Path) -> None:
         deadline = time.monotonic() + timeout

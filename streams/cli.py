@@ -44,6 +44,15 @@ def setting_options(function: Any) -> Any:
     return function
 
 
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so a command's cleanup (finally blocks) runs as on Ctrl-C."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def build_settings(overrides: dict[str, Any]) -> Any:
     """Build Settings from the environment, overridden by the flags that were given."""
     from stylestream.streams.settings import Settings
@@ -52,7 +61,10 @@ def build_settings(overrides: dict[str, Any]) -> Any:
     try:
         return Settings(**given)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors())
+        problems = "; ".join(
+            f"STYLESTREAM_{'_'.join(str(part) for part in error['loc']).upper()} = {error.get('input')!r}: {error['msg']}"
+            for error in exc.errors()
+        )
         raise click.UsageError(f"invalid settings: {problems}") from None
 
 
@@ -98,16 +110,18 @@ def broker(port: int, work_dir: Path) -> None:
     from stylestream.streams.broker import EmbeddedKafka
 
     configure_logging()
+    stop_on_sigterm()
     kafka = EmbeddedKafka(port=port, work_dir=work_dir)
-    kafka.start()
-    click.echo(f"Apache Kafka is running on {kafka.url}; press Ctrl-C to stop.")
-    signal.signal(signal.SIGTERM, lambda *_: kafka.stop())
     try:
-        kafka.wait()
+        kafka.start()
+        click.echo(f"Apache Kafka is running on {kafka.url}; press Ctrl-C to stop.")
+        code = kafka.wait()
     except KeyboardInterrupt:
-        pass
+        code = 0
     finally:
         kafka.stop()
+    if code:
+        raise click.ClickException(f"Kafka exited with code {code}; see {work_dir / 'broker.log'}")
 
 
 @main.command()
@@ -147,8 +161,18 @@ def produce(topic: str, files: tuple[Path, ...], kind: str | None, no_progress: 
         settings = settings.model_copy(update={"broker": info["broker"]})
     declare_topics(settings)
     from stylestream.streams.kafka_security import kafka_python_options
+    from stylestream.streams.topics import partition_counts
 
     options = kafka_python_options(settings)
+    configured = {settings.downloads_topic: "downloads", settings.searches_topic: "searches", settings.images_topic: "images"}
+    kind = kind or configured.get(topic)
+    if kind is None:
+        raise click.UsageError(
+            f"topic {topic!r} is not one of the configured topics ({', '.join(configured)}); "
+            "pass --kind downloads|searches|images so messages get the right key"
+        )
+    if topic not in partition_counts(settings.bootstrap_servers, [topic], options):
+        raise click.UsageError(f"topic {topic!r} does not exist on {settings.broker}; create it with its partition count first")
     total = sum(
         produce_file(settings.bootstrap_servers, topic, path, kind, progress=not no_progress, client_options=options)
         for path in files
@@ -186,7 +210,7 @@ def _run_query(settings: Any, over_http: Any, in_store: Any) -> dict[str, Any]:
         address = read_worker_address(settings)
         if address is not None:
             return over_http(WorkerClient(address))
-    store = StyleStore(settings)
+    store = StyleStore(settings, create=False)
     try:
         return in_store(store)
     finally:
@@ -303,6 +327,7 @@ def demo(data_dir: Path, json_path: Path | None, images: int, users: int, seed: 
     from stylestream.streams.demo import run_demo, write_figures
 
     configure_logging("WARNING")
+    stop_on_sigterm()
     figures = run_demo(data_dir, SimulationConfig(images=images, users=users, seed=seed), broker=broker)
     write_figures(figures, json_path)
 

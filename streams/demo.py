@@ -107,7 +107,7 @@ def write_figures(figures: dict[str, Any], path: Path | None) -> None:
     """Print the demo's figures and write them as JSON when `path` is given."""
     print("\nDemo figures:")
     for key, value in figures.items():
-        print(f"  {key}: {value}")
+        print(f"  {key}: {round(value, 3) if isinstance(value, float) else value}")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(figures, indent=2))

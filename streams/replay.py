@@ -30,7 +30,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
-from kafka.partitioner import murmur2
 from kafka.structs import OffsetAndMetadata
 from tqdm import tqdm
 
@@ -43,6 +42,7 @@ from stylestream.streams.kafka_security import kafka_python_options
 from stylestream.streams.settings import Settings
 from stylestream.streams.sink import user_payload
 from stylestream.streams.store import StyleStore
+from stylestream.streams.topics import partition_for
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,6 @@ class ReplayResult:
     def events_per_second(self) -> float:
         """Return the throughput of reading events and computing and writing users (image encoding excluded)."""
         return self.events / self.event_seconds if self.event_seconds else 0.0
-
-
-def partition_for(key: str, partitions: int) -> int:
-    """Return the partition Kafka's default partitioner picks for a string key."""
-    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
 def offset_ranges(settings: Settings, topics: list[str], start: str | float) -> dict[TopicPartition, tuple[int, int]]:
@@ -110,6 +105,7 @@ async def _consume(settings: Settings, ranges: dict[TopicPartition, tuple[int, i
         positions.update({TopicPartition(topic, partition): offset for (topic, partition), offset in saved["positions"].items()})
         log.info("Resuming replay from %s with %d events already read", checkpoint, len(log_so_far))
     kinds = {settings.downloads_topic: "downloads", settings.searches_topic: "searches"}
+    partitions = settings.partitions
     pending = {tp for tp, (_, end) in ranges.items() if positions[tp] < end}
     total = sum(end - start for start, end in ranges.values())
     done = sum(positions[tp] - start for tp, (start, _) in ranges.items())
@@ -139,9 +135,15 @@ async def _consume(settings: Settings, ranges: dict[TopicPartition, tuple[int, i
                             break
                         taken += 1
                         try:
-                            add(validate(message.value, limits, key=message.key), source, message.offset)
+                            fields = validate(message.value, limits, key=message.key)
                         except InvalidEvent:
                             invalid += 1
+                            continue
+                        # The worker dead-letters user events on a partition their key does not map to.
+                        if partition_for(fields["user_id"], partitions) != tp.partition:
+                            invalid += 1
+                            continue
+                        add(fields, source, message.offset)
                     positions[tp] = messages[-1].offset + 1 if taken == len(messages) else end
                     if positions[tp] >= end:
                         pending.discard(tp)

@@ -108,6 +108,7 @@ class StyleStore:
         client: QdrantClient | None = None,
         model_version: str | None = None,
         lock: threading.RLock | None = None,
+        create: bool = True,
     ) -> None:
         self.settings = settings
         self.model_version = model_version
@@ -118,7 +119,7 @@ class StyleStore:
         else:
             self.images = versioned_name(self.image_alias, model_version)
             self.users = versioned_name(self.user_alias, model_version)
-        self.client = client or open_client(settings)
+        self.client = client or open_client(settings, create=create)
         self.lock = lock or threading.RLock()
 
     def view(self, model_version: str | None) -> "StyleStore":
@@ -327,9 +328,10 @@ class StyleStore:
         return self.client.count(collection, exact=True).count
 
 
-def open_client(settings: Settings) -> QdrantClient:
+def open_client(settings: Settings, create: bool = True) -> QdrantClient:
     """Open the Qdrant server at `qdrant_url`, or the embedded store under `data_dir/qdrant`.
 
+    Without `create`, a missing embedded store raises StoreError instead of being created.
     Raises StoreLockedError when another process holds the embedded store.
     """
     if settings.qdrant_url:
@@ -337,6 +339,11 @@ def open_client(settings: Settings) -> QdrantClient:
         log.info("Connecting to Qdrant at %s", settings.qdrant_url)
         return QdrantClient(url=settings.qdrant_url, api_key=api_key)
     path = settings.qdrant_path
+    if not create and not path.exists():
+        raise StoreError(
+            f"no embedded store at {path}. Run a worker first (it creates the store), "
+            "or point --data-dir or STYLESTREAM_DATA_DIR at the folder a worker used."
+        )
     path.mkdir(parents=True, exist_ok=True)
     try:
         return QdrantClient(path=str(path))

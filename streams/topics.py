@@ -16,6 +16,7 @@ from typing import Any
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.partitioner import murmur2
 
 from stylestream.schemas.errors import StylestreamError
 from stylestream.streams.kafka_security import kafka_python_options
@@ -34,6 +35,11 @@ class TopicSpec:
 
     name: str
     partitions: int
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """Return the partition Kafka's default partitioner (murmur2) picks for a string key."""
+    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:

@@ -36,9 +36,24 @@ def _error(view: View, status: int, parameter: str | None, message: str) -> Resp
     return view.json({"error": message, "parameter": parameter}, status=status)
 
 
+RERANK_FIELDS = {"image_ids", "alpha"}
+
+
+def _invalid_user_id(user_id: str, max_length: int) -> str | None:
+    """Return why a user id from a URL is invalid, with the same rules as event ids, or None."""
+    if not user_id.strip():
+        return "user_id must not be empty"
+    if len(user_id) > max_length:
+        return f"user_id is {len(user_id)} characters, over the limit of {max_length}"
+    if any(ord(char) < 32 for char in user_id):
+        return "user_id contains control characters"
+    return None
+
+
 def register_views(worker: "StyleStreamApp") -> None:
     """Add the stylestream endpoints to the worker's Faust web server."""
     app = worker.app
+    max_id_length = worker.settings.max_id_length
 
     @app.page("/health")
     async def health(view: View, request: Request) -> Response:
@@ -69,6 +84,9 @@ def register_views(worker: "StyleStreamApp") -> None:
 
     @app.page("/users/{user_id}")
     async def user(view: View, request: Request, user_id: str) -> Response:
+        problem = _invalid_user_id(user_id, max_id_length)
+        if problem:
+            return _error(view, 400, "user_id", problem)
         point = await worker.store.call("get_user", user_id)
         if point is None:
             return _error(view, 404, "user_id", f"user {user_id!r} has no style vector yet")
@@ -79,6 +97,9 @@ def register_views(worker: "StyleStreamApp") -> None:
 
     @app.page("/users/{user_id}/recommendations")
     async def recommendations(view: View, request: Request, user_id: str) -> Response:
+        problem = _invalid_user_id(user_id, max_id_length)
+        if problem:
+            return _error(view, 400, "user_id", problem)
         raw_k = request.query.get("k", "10")
         try:
             k = int(raw_k)
@@ -96,13 +117,21 @@ def register_views(worker: "StyleStreamApp") -> None:
     @app.page("/users/{user_id}/rerank")
     class Rerank(View):
         async def post(self, request: Request, user_id: str) -> Response:
+            problem = _invalid_user_id(user_id, max_id_length)
+            if problem:
+                return _error(self, 400, "user_id", problem)
             try:
                 body: Any = await request.json()
             except ValueError as exc:
                 return _error(self, 400, "body", f"request body is not valid JSON: {exc}")
             if not isinstance(body, dict) or not isinstance(body.get("image_ids"), list):
                 return _error(self, 400, "image_ids", "request body must be an object with a list 'image_ids'")
+            unknown = sorted(set(body) - RERANK_FIELDS)
+            if unknown:
+                return _error(self, 400, unknown[0], f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(RERANK_FIELDS))}")
             image_ids = body["image_ids"]
+            if not image_ids:
+                return _error(self, 400, "image_ids", "image_ids must not be empty")
             if not all(isinstance(image_id, str) and image_id for image_id in image_ids):
                 return _error(self, 400, "image_ids", "image_ids must be non-empty strings")
             alpha = body.get("alpha", 0.5)

@@ -26,11 +26,14 @@ from stylestream.streams.produce import produce_file
 from stylestream.streams.settings import Settings
 from stylestream.streams.store import StoreLockedError, StyleStore
 from stylestream.streams.supervisor import WorkerProcess, all_applied
-from stylestream.streams.topics import TopicError, TopicSpec, declare_topics
+from stylestream.streams.topics import TopicError, TopicSpec, declare_topics, partition_for
 
 pytestmark = pytest.mark.integration
 
-WORKER_ONLY_REASONS = {"unknown_image", "duplicate_event"}
+WORKER_ONLY_REASONS = {"unknown_image", "duplicate_event", "wrong_partition"}
+WRONG_PARTITION_EVENT = json.dumps(
+    {"event_id": "wrong-partition", "user_id": "user-00002", "image_id": "img-000003", "timestamp": 1_700_000_000}
+).encode()
 
 
 def _mix_in(good: list[bytes], bad: list[bytes]) -> list[bytes]:
@@ -73,6 +76,9 @@ BAD_REQUESTS = {
     "rerank_alpha_range": ("POST", "/users/user-00000/rerank", None, {"image_ids": ["img-000001"], "alpha": 2}, 400, "alpha"),
     "rerank_empty_id": ("POST", "/users/user-00000/rerank", None, {"image_ids": [""]}, 400, "image_ids"),
     "unknown_user": ("GET", "/users/nobody-at-all", None, None, 404, "user_id"),
+    "user_id_too_long": ("GET", "/users/" + "u" * 300 + "/recommendations", None, None, 400, "user_id"),
+    "rerank_unknown_field": ("POST", "/users/user-00000/rerank", None, {"image_ids": ["img-000001"], "boost": 2}, 400, "boost"),
+    "rerank_empty_list": ("POST", "/users/user-00000/rerank", None, {"image_ids": []}, 400, "image_ids"),
 }
 
 
@@ -135,6 +141,11 @@ def pipeline(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> 
         worker.wait_until(all_applied(produced), timeout=120, what="images")
         produced[settings.searches_topic] = produce_file(bootstrap, settings.searches_topic, inputs["searches"], "searches", progress=False)
         produced[settings.downloads_topic] = produce_file(bootstrap, settings.downloads_topic, inputs["downloads"], "downloads", progress=False)
+        producer = KafkaProducer(bootstrap_servers=bootstrap)
+        producer.send(settings.downloads_topic, key=b"user-00002", value=WRONG_PARTITION_EVENT, partition=1 - partition_for("user-00002", 2))
+        producer.flush()
+        producer.close()
+        produced[settings.downloads_topic] += 1
         stats = worker.wait_until(all_applied(produced), timeout=180, what="all events")
 
         user_id = next(iter(marketplace.user_styles))
@@ -215,6 +226,7 @@ def test_bad_input_reaches_dead_letter_topic(pipeline: dict[str, Any], kafka: Em
     if kind == "downloads":
         downloads = pipeline["marketplace"].downloads
         expected.append((json.dumps(downloads[len(downloads) // 2 - 1]).encode(), "duplicate_event"))
+        expected.append((WRONG_PARTITION_EVENT, "wrong_partition"))
 
     # Keyless bad messages land on any partition, so the dead letters come in no fixed order.
     received = sorted((value, headers["reason"].decode()) for value, headers in letters)
@@ -225,7 +237,7 @@ def test_bad_input_reaches_dead_letter_topic(pipeline: dict[str, Any], kafka: Em
 
 def test_dead_letters_counted_by_reason(pipeline: dict[str, Any]) -> None:
     counted = pipeline["stats"]["dead_letters"]
-    expected: dict[str, int] = {"duplicate_event": 1}
+    expected: dict[str, int] = {"duplicate_event": 1, "wrong_partition": 1}
     for _, _, reason in BAD_INPUTS:
         expected[reason] = expected.get(reason, 0) + 1
 

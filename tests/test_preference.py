@@ -74,6 +74,7 @@ def test_final_state_ignores_arrival_order(case: tuple[list[tuple[str, dict]], d
         if expected is not None:
             assert np.max(np.abs(expected - actual)) <= 1e-5
         assert state.event_count == shuffled[user].event_count
+        assert state.recent_downloads == shuffled[user].recent_downloads
 
 
 @settings(max_examples=200, deadline=None)
@@ -165,6 +166,15 @@ def test_update_leaves_caller_vectors_untouched() -> None:
     apply_download(state, "b", 2.0, image, None, params)
 
     assert image.tolist() == [1.0, 2.0]
+
+
+def test_recent_downloads_list_each_image_once() -> None:
+    params = PreferenceParams()
+    state = UserState.empty("u", 2)
+    for t, image in [(1.0, "a"), (3.0, "a"), (2.0, "b"), (0.5, "a")]:
+        apply_download(state, image, t, np.ones(2), None, params)
+
+    assert state.recent_downloads == [(3.0, "a"), (2.0, "b")]
 
 
 def test_recent_downloads_are_bounded_newest_first() -> None:
