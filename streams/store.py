@@ -22,6 +22,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
 from stylestream.schemas.errors import StylestreamError
+from stylestream.streams.edge_client import EdgeClient
 from stylestream.streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -328,8 +329,11 @@ class StyleStore:
         return self.client.count(collection, exact=True).count
 
 
-def open_client(settings: Settings, create: bool = True) -> QdrantClient:
-    """Open the Qdrant server at `qdrant_url`, or the embedded store under `data_dir/qdrant`.
+def open_client(settings: Settings, create: bool = True) -> Any:
+    """Open the Qdrant server at `qdrant_url`, or the embedded store under `data_dir`.
+
+    The embedded store is Qdrant Edge (`EdgeClient`) or qdrant-client's local mode, by
+    `embedded_store`; both offer the QdrantClient methods StyleStore calls.
 
     Without `create`, a missing embedded store raises StoreError instead of being created.
     Raises StoreLockedError when another process holds the embedded store.
@@ -346,7 +350,7 @@ def open_client(settings: Settings, create: bool = True) -> QdrantClient:
         )
     path.mkdir(parents=True, exist_ok=True)
     try:
-        return QdrantClient(path=str(path))
+        return EdgeClient(path) if settings.embedded_store == "edge" else QdrantClient(path=str(path))
     except RuntimeError as exc:
         if "already accessed" in str(exc):
             raise StoreLockedError(

@@ -10,6 +10,7 @@ from qdrant_client import QdrantClient
 
 from stylestream.streams.query import QueryError, recommend, rerank
 from stylestream.streams.settings import Settings
+from stylestream.streams.edge_client import EdgeClient, EdgeStoreLocked
 from stylestream.streams.store import StoreError, StyleStore
 
 VECTORS = {
@@ -20,10 +21,14 @@ VECTORS = {
 }
 
 
-@pytest.fixture()
-def store(tmp_path: Path) -> StyleStore:
-    """A store with four images, download counts, and one user who likes the first axis and downloaded 'a'."""
-    store = StyleStore(Settings(data_dir=tmp_path), client=QdrantClient(location=":memory:"))
+@pytest.fixture(params=["local", "edge"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> StyleStore:
+    """A store with four images, download counts, and one user who likes the first axis and downloaded 'a'.
+
+    Every test runs against both embedded engines: qdrant-client's local mode and Qdrant Edge.
+    """
+    client = QdrantClient(location=":memory:") if request.param == "local" else EdgeClient(tmp_path / "edge")
+    store = StyleStore(Settings(data_dir=tmp_path), client=client)
     store.ensure_collections(3)
     payloads = [{"image_id": image_id, "categories": ["x" if image_id != "d" else "y"], "keywords": []} for image_id in VECTORS]
     store.upsert_images(payloads, np.array(list(VECTORS.values())))
@@ -84,3 +89,30 @@ def test_missing_collections_raise_store_error(tmp_path: Path) -> None:
 
     with pytest.raises(StoreError, match="Run a worker first"):
         recommend(empty, "fan")
+
+
+def test_edge_store_locks_its_folder(tmp_path: Path) -> None:
+    first = EdgeClient(tmp_path)
+    try:
+        with pytest.raises(EdgeStoreLocked):
+            EdgeClient(tmp_path)
+    finally:
+        first.close()
+
+    EdgeClient(tmp_path).close()
+
+
+def test_edge_aliases_survive_reopen(tmp_path: Path) -> None:
+    store = StyleStore(Settings(data_dir=tmp_path), client=EdgeClient(tmp_path / "edge"), model_version="v1")
+    store.ensure_collections(3)
+    store.upsert_users([("fan", np.array([1.0, 0.0, 0.0]), {"user_id": "fan", "recent_downloads": []})])
+    store.close()
+
+    reopened = StyleStore(Settings(data_dir=tmp_path), client=EdgeClient(tmp_path / "edge"))
+    try:
+        point = reopened.get_user("fan")
+    finally:
+        reopened.close()
+
+    assert point is not None
+    assert point.vector.tolist() == pytest.approx([1.0, 0.0, 0.0])
