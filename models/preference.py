@@ -108,11 +108,12 @@ class UserState:
             "event_count": self.event_count,
             "last_event_time": self.last_event_time,
             "recent_downloads": [[t, image_id] for t, image_id in self.recent_downloads],
+            # Copies of the mutable lists, so later in-place updates of this state leave the dict as it was.
             "searches": {
-                search_id: [link.timestamp, link.results, link.downloaded] for search_id, link in self.searches.items()
+                search_id: [link.timestamp, link.results, list(link.downloaded)] for search_id, link in self.searches.items()
             },
-            "applied_offsets": self.applied_offsets,
-            "recent_event_ids": self.recent_event_ids,
+            "applied_offsets": dict(self.applied_offsets),
+            "recent_event_ids": list(self.recent_event_ids),
         }
 
     @classmethod
@@ -149,15 +150,21 @@ class UserState:
 
 def _add(state: UserState, weight: float, timestamp: float, vector: np.ndarray, params: PreferenceParams) -> None:
     """Add weight * vector at event time `timestamp`, moving t_ref forward when the event is newer."""
+    _add_sum(state, weight, timestamp, vector, params)
+
+
+def _add_sum(state: UserState, weight: float, timestamp: float, vector_sum: np.ndarray, params: PreferenceParams) -> None:
+    """Add weight * vector_sum at event time `timestamp`; `vector_sum` may sum several vectors of that time."""
+    # Scalar math.exp2 instead of decay_factor: numpy's scalar overhead dominated the per-event cost.
     half_life = params.half_life_seconds
     if state.t_ref is None:
         state.t_ref = timestamp
     elif timestamp > state.t_ref:
-        shrink = float(decay_factor(timestamp - state.t_ref, half_life))
+        shrink = math.exp2(-(timestamp - state.t_ref) / half_life)
         state.vector *= shrink
         state.positive_mass *= shrink
         state.t_ref = timestamp
-    state.vector += (weight * float(decay_factor(state.t_ref - timestamp, half_life))) * vector
+    state.vector += (weight * math.exp2(-(state.t_ref - timestamp) / half_life)) * vector_sum
 
 
 def _count_event(state: UserState, timestamp: float) -> None:
@@ -171,9 +178,10 @@ def _apply_negatives(
 ) -> None:
     if params.impression_weight == 0 or link.results is None or link.timestamp is None:
         return
-    for image_id in link.results:
-        if image_id not in skip:
-            _add(state, -params.impression_weight, link.timestamp, vectors[image_id], params)
+    # Every negative has the search's event time, so one decayed add of their sum is the same update.
+    ignored = [vectors[image_id] for image_id in link.results if image_id not in skip]
+    if ignored:
+        _add_sum(state, -params.impression_weight, link.timestamp, np.sum(ignored, axis=0), params)
 
 
 def _bound_searches(state: UserState, params: PreferenceParams) -> None:
@@ -203,7 +211,7 @@ def apply_download(
     search is already in the state (see `vectors_needed_for_download`).
     """
     _add(state, params.download_weight, timestamp, image_vector, params)
-    state.positive_mass += params.download_weight * float(decay_factor(state.t_ref - timestamp, params.half_life_seconds))
+    state.positive_mass += params.download_weight * math.exp2(-(state.t_ref - timestamp) / params.half_life_seconds)
     _count_event(state, timestamp)
 
     # Each image appears once, at its newest download time, so repeats do not crowd out others.

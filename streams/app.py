@@ -20,7 +20,7 @@ from stylestream.streams.dlq import DeadLetters
 from stylestream.streams.images import ImageIndexer, ImageVectorCache
 from stylestream.streams.kafka_security import faust_credentials, kafka_python_options
 from stylestream.streams.lag import StallDetector, consumer_lag
-from stylestream.streams.processor import UserProcessor
+from stylestream.streams.processor import StateCache, UserProcessor
 from stylestream.streams.settings import Settings
 from stylestream.streams.sink import UserSink
 from stylestream.streams.stats import WorkerStats
@@ -105,14 +105,16 @@ class StyleStreamApp:
         )
         self.cache = ImageVectorCache(self.store, settings.image_cache_size)
         self.indexer = ImageIndexer(self.encoder, self.store, self.cache)
+        # The processor and the sink share deserialised states, so neither rebuilds one per event.
+        states = StateCache()
         self.sink = UserSink(
             self.table, self.store, self.encoder.model_version, self.stats,
-            flush_interval=settings.flush_interval, max_pending_users=settings.max_pending_users,
+            flush_interval=settings.flush_interval, max_pending_users=settings.max_pending_users, states=states,
         )
         self.stall_detector = StallDetector(settings.stall_seconds)
         self.processor = UserProcessor(
             self.table, self.cache, settings.preference, self.encoder.style_dim, self.stats,
-            on_change=self.sink.mark, image_wait_seconds=settings.image_wait_seconds,
+            on_change=self.sink.mark, image_wait_seconds=settings.image_wait_seconds, states=states,
         )
 
         app.agent(self.downloads_topic, name="stylestream.downloads")(self._user_agent(settings.downloads_topic, self._on_download))

@@ -8,6 +8,7 @@ in between, so the downloads and searches agents never interleave on one user.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any, Callable, MutableMapping
 
 from stylestream.models.preference import (
@@ -26,6 +27,42 @@ from stylestream.streams.stats import WorkerStats
 log = logging.getLogger(__name__)
 
 
+STATE_CACHE_SIZE = 4096
+
+
+class StateCache:
+    """Deserialised user states, each valid only while the table holds the exact dict it was built from.
+
+    The table and its changelog stay the source of truth. An entry is used only when the table's
+    current value is the same object it was made from, so a value restored by table recovery or a
+    rebalance is deserialised again. `take` removes the entry, so a state that an update changed
+    halfway before failing is never reused.
+    """
+
+    def __init__(self, capacity: int = STATE_CACHE_SIZE) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, tuple[Any, UserState]] = OrderedDict()
+
+    def peek(self, user_id: str, stored: Any) -> UserState | None:
+        """Return the cached state built from `stored`, for reading only, or None."""
+        entry = self._entries.get(user_id)
+        return entry[1] if entry is not None and entry[0] is stored else None
+
+    def take(self, user_id: str, stored: Any) -> UserState | None:
+        """Remove and return the cached state built from `stored`, for updating, or None."""
+        entry = self._entries.pop(user_id, None)
+        return entry[1] if entry is not None and entry[0] is stored else None
+
+    def put(self, user_id: str, stored: Any, state: UserState) -> None:
+        """Cache `state` as the deserialised form of `stored`, evicting the least recently written user."""
+        if self.capacity <= 0:
+            return
+        self._entries[user_id] = (stored, state)
+        self._entries.move_to_end(user_id)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+
 class UserProcessor:
     """Apply validated downloads and searches to the user-state table."""
 
@@ -38,8 +75,10 @@ class UserProcessor:
         stats: WorkerStats,
         on_change: Callable[[str, float | None], None],
         image_wait_seconds: float,
+        states: StateCache | None = None,
     ) -> None:
         self.table = table
+        self.states = states if states is not None else StateCache()
         self.images = images
         self.params = params
         self.style_dim = style_dim
@@ -47,9 +86,13 @@ class UserProcessor:
         self.on_change = on_change
         self.image_wait_seconds = image_wait_seconds
 
-    def _state(self, user_id: str) -> UserState:
+    def _state(self, user_id: str, for_update: bool = True) -> UserState:
+        """Return the user's state; one taken `for_update` must be committed or dropped, never read again."""
         stored = self.table.get(user_id)
-        return UserState.from_dict(stored) if stored else UserState.empty(user_id, self.style_dim)
+        if not stored:
+            return UserState.empty(user_id, self.style_dim)
+        cached = self.states.take(user_id, stored) if for_update else self.states.peek(user_id, stored)
+        return cached if cached is not None else UserState.from_dict(stored)
 
     def _is_duplicate(self, state: UserState, source: str, offset: int) -> bool:
         applied = state.applied_offsets.get(source)
@@ -66,7 +109,9 @@ class UserProcessor:
 
     def _commit(self, state: UserState, source: str, offset: int, produced_at: float | None) -> None:
         state.applied_offsets[source] = offset
-        self.table[state.user_id] = state.to_dict()
+        stored = state.to_dict()
+        self.table[state.user_id] = stored
+        self.states.put(state.user_id, stored, state)
         self.on_change(state.user_id, produced_at)
 
     async def download(self, event: Download, source: str, offset: int, produced_at: float | None = None) -> bool:
@@ -88,7 +133,7 @@ class UserProcessor:
             )
         while True:
             # The linked search's results may need vectors; fetch them, then apply without awaiting.
-            needed = vectors_needed_for_download(self._state(event.user_id), event.search_id)
+            needed = vectors_needed_for_download(self._state(event.user_id, for_update=False), event.search_id)
             result_vectors = await self.images.get_many(needed) if needed else {}
             state = self._state(event.user_id)
             if self._is_duplicate(state, source, offset):

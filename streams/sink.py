@@ -15,6 +15,7 @@ import time
 from typing import Any, Mapping
 
 from stylestream.models.preference import UserState, user_vector
+from stylestream.streams.processor import StateCache
 from stylestream.streams.stats import WorkerStats
 from stylestream.streams.store import AsyncStyleStore
 
@@ -46,8 +47,10 @@ class UserSink:
         stats: WorkerStats,
         flush_interval: float = 0.2,
         max_pending_users: int = 100_000,
+        states: StateCache | None = None,
     ) -> None:
         self.table = table
+        self.states = states if states is not None else StateCache(capacity=0)
         self.store = store
         self.model_version = model_version
         self.stats = stats
@@ -123,7 +126,7 @@ class UserSink:
             stored = self.table.get(user_id)
             if not stored:
                 continue
-            state = UserState.from_dict(stored)
+            state = self.states.peek(user_id, stored) or UserState.from_dict(stored)
             vector = user_vector(state)
             if vector is None:
                 deletes.append(user_id)
