@@ -100,6 +100,8 @@ class UserState:
 
     def to_dict(self) -> dict[str, Any]:
         """Convert to plain JSON types for the table changelog."""
+        # NOTE: every event rewrites the whole state, remembered searches included (about 9 KB per
+        # event on the simulated workload); this and its changelog produce now bound the worker's rate.
         return {
             "user_id": self.user_id,
             "vector": self.vector.tolist(),

@@ -1,0 +1,127 @@
+"""Measure the user-state table in-process: bytes per user and the processor's cost per event.
+
+This is the lighter method for large user counts: no Kafka and no worker. UserProcessor writes into
+a plain dict, which is what Faust's memory:// table store keeps, and every table write is also
+serialised with Faust's JSON codec, as the changelog does. Image vectors come from a pre-filled
+cache. Each user makes one search (20 results) and one download from it.
+
+Prints JSON: `bytes_per_user` is the growth of this process's RSS divided by the user count,
+after a garbage collection; `events_per_s` is the processing rate of those events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from faust.utils import json as faust_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import make_workload, rss_bytes  # noqa: E402
+from scenarios import light_history  # noqa: E402
+from stylestream.models.preference import PreferenceParams  # noqa: E402
+from stylestream.schemas.validation import PARSERS, Limits  # noqa: E402
+from stylestream.streams.processor import UserProcessor  # noqa: E402
+from stylestream.streams.stats import WorkerStats  # noqa: E402
+
+
+class ChangelogTable(dict):
+    """A dict that serialises each written value with Faust's JSON codec, as a table's changelog does."""
+
+    changelog_bytes = 0
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.changelog_bytes += len(faust_json.dumps(value))
+        super().__setitem__(key, value)
+
+
+class StaticImages:
+    """An image cache that already holds every vector."""
+
+    def __init__(self, vectors: dict[str, np.ndarray]) -> None:
+        self.vectors = vectors
+
+    async def get_many(self, image_ids: Any) -> dict[str, np.ndarray]:
+        return {image_id: self.vectors[image_id] for image_id in image_ids if image_id in self.vectors}
+
+    async def wait_for(self, image_ids: Any, timeout: float) -> dict[str, np.ndarray]:
+        return await self.get_many(image_ids)
+
+
+async def apply_all(processor: UserProcessor, messages: list[tuple[str, bytes, bytes]]) -> None:
+    """Parse and apply each message as the agents do, so every user's strings are its own objects."""
+    limits = Limits()
+    for offset, (kind, key, value) in enumerate(messages):
+        record = PARSERS[kind](value, limits, key=key)
+        if kind == "searches":
+            await processor.search(record, "searches:0", offset)
+        else:
+            await processor.download(record, "downloads:0", offset)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=100_000, help="users to create (default 100000)")
+    parser.add_argument("--workload-users", type=int, default=0, help="instead, time the simulated workload of this many users (full histories)")
+    args = parser.parse_args()
+    if args.workload_users:
+        return time_workload(args.workload_users)
+
+    workload = make_workload(users=50, images=2000)
+    rng = np.random.default_rng(0)
+    vectors = {image["image_id"]: rng.normal(size=64) / 8.0 for image in workload.images}
+    messages = [(kind, event["user_id"].encode(), orjson.dumps(event)) for kind, event in light_history(workload, args.users)]
+    table = ChangelogTable()
+    processor = UserProcessor(table, StaticImages(vectors), PreferenceParams(), 64, WorkerStats(), lambda *_: None, 0.0)
+
+    gc.collect()
+    before = rss_bytes_self()
+    started = time.perf_counter()
+    asyncio.run(apply_all(processor, messages))
+    seconds = time.perf_counter() - started
+    gc.collect()
+    after = rss_bytes_self()
+    json.dump({
+        "users": len(table), "bytes_per_user": (after - before) / len(table), "events_per_s": 2 * len(table) / seconds,
+        "changelog_bytes_per_event": table.changelog_bytes / (2 * len(table)),
+    }, sys.stdout)
+    print()
+    return 0
+
+
+def time_workload(users: int) -> int:
+    """Print the processing rate of a simulated marketplace's events, whose users have full histories."""
+    workload = make_workload(users=users, images=2000)
+    rng = np.random.default_rng(0)
+    vectors = {image["image_id"]: rng.normal(size=64) / 8.0 for image in workload.images}
+    messages = [(kind, event["user_id"].encode(), orjson.dumps(event)) for kind, event in workload.events]
+    table = ChangelogTable()
+    processor = UserProcessor(table, StaticImages(vectors), PreferenceParams(), 64, WorkerStats(), lambda *_: None, 0.0)
+    started = time.perf_counter()
+    asyncio.run(apply_all(processor, messages))
+    seconds = time.perf_counter() - started
+    json.dump({
+        "events": len(messages), "events_per_s": len(messages) / seconds,
+        "changelog_bytes_per_event": table.changelog_bytes / len(messages),
+    }, sys.stdout)
+    print()
+    return 0
+
+
+def rss_bytes_self() -> int:
+    import os
+
+    return rss_bytes(os.getpid())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
