@@ -189,9 +189,12 @@ def build_states(
         matrix = torch.from_numpy(np.stack([image_vectors[image_id] for image_id in images]).astype(np.float64))
     else:
         matrix = torch.zeros((0, style_dim), dtype=torch.float64)
-    sums = torch.zeros((len(users), style_dim), dtype=torch.float64)
-    image_rows = torch.from_numpy(np.asarray(rows_image, dtype=np.int64))
-    sums.index_add_(0, torch.from_numpy(user_rows), matrix[image_rows] * torch.from_numpy(decayed)[:, None])
+    # The sums are a sparse (users x images) weight matrix times the dense image matrix.
+    weights_matrix = torch.sparse_coo_tensor(
+        torch.from_numpy(np.stack([user_rows, np.asarray(rows_image, dtype=np.int64)])),
+        torch.from_numpy(decayed), size=(len(users), len(images)), dtype=torch.float64,
+    )
+    sums = torch.sparse.mm(weights_matrix, matrix) if len(decayed) else torch.zeros((len(users), style_dim), dtype=torch.float64)
     positive = weights > 0
     mass = np.bincount(user_rows[positive], weights=decayed[positive], minlength=len(users))
 

@@ -86,12 +86,13 @@ def _decode(raw: bytes | str | None, limits: Limits) -> dict[str, Any]:
             "(raise STYLESTREAM_MAX_MESSAGE_BYTES if such events are legitimate)",
         )
     try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidEvent(INVALID_UTF8, f"message is not valid UTF-8: {exc}") from None
-    try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        # orjson also rejects invalid UTF-8; tell the two apart only on this slow path.
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as decode_error:
+            raise InvalidEvent(INVALID_UTF8, f"message is not valid UTF-8: {decode_error}") from None
         _raise_if_non_finite(raw)
         raise InvalidEvent(MALFORMED_JSON, f"message is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
@@ -253,26 +254,103 @@ def _check_key(key: bytes | str | None, expected: str, name: str) -> None:
         )
 
 
+_DOWNLOAD_FIELDS = frozenset({"event_id", "user_id", "image_id", "timestamp", "search_id"})
+_DOWNLOAD_REQUIRED = frozenset({"event_id", "user_id", "image_id", "timestamp"})
+_SEARCH_FIELDS = frozenset({"event_id", "user_id", "search_id", "query", "timestamp", "results"})
+
+
+def _plain_id(value: Any, limits: Limits) -> bool:
+    """Return True for an id that certainly passes `_id_value`; False sends it to the exact checks."""
+    return type(value) is str and 0 < len(value) <= limits.max_id_length and value.isprintable() and not value.isspace()
+
+
+def _plain_ids(values: list[Any], limits: Limits) -> bool:
+    """Return True for a list of ids that certainly pass `_id_value`, checked with C-level built-ins."""
+    if not values:
+        return True
+    if set(map(type, values)) != {str}:
+        return False
+    lengths = list(map(len, values))
+    return (
+        min(lengths) > 0 and max(lengths) <= limits.max_id_length
+        and "".join(values).isprintable() and not any(map(str.isspace, values))
+    )
+
+
+def _plain_time(value: Any, limits: Limits) -> bool:
+    """Return True for epoch seconds that certainly pass `parse_timestamp` (NaN compares false)."""
+    return type(value) in (int, float) and 0 <= value <= time.time() + limits.max_future_seconds
+
+
+def _fast_download(document: dict[str, Any], limits: Limits) -> dict[str, Any] | None:
+    """Return the fields of a plainly valid download, or None to run the exact checks and messages."""
+    keys = document.keys()
+    if not (keys == _DOWNLOAD_FIELDS or keys == _DOWNLOAD_REQUIRED):
+        return None
+    search_id = document.get("search_id")
+    if not (
+        _plain_id(document["event_id"], limits) and _plain_id(document["user_id"], limits)
+        and _plain_id(document["image_id"], limits) and (search_id is None or _plain_id(search_id, limits))
+        and _plain_time(document["timestamp"], limits)
+    ):
+        return None
+    return {
+        "event_id": document["event_id"], "user_id": document["user_id"], "image_id": document["image_id"],
+        "timestamp": float(document["timestamp"]), "search_id": search_id,
+    }
+
+
+def _fast_search(document: dict[str, Any], limits: Limits) -> dict[str, Any] | None:
+    """Return the fields of a plainly valid search, or None to run the exact checks and messages."""
+    if document.keys() != _SEARCH_FIELDS:
+        return None
+    results, query = document["results"], document["query"]
+    if not (
+        _plain_id(document["event_id"], limits) and _plain_id(document["user_id"], limits)
+        and _plain_id(document["search_id"], limits) and _plain_time(document["timestamp"], limits)
+        and type(query) is str and len(query) <= limits.max_query_length
+        and type(results) is list and len(results) <= limits.max_results
+        and _plain_ids(results, limits) and len(set(results)) == len(results)
+    ):
+        return None
+    return {
+        "event_id": document["event_id"], "user_id": document["user_id"], "search_id": document["search_id"],
+        "query": query, "timestamp": float(document["timestamp"]), "results": results,
+    }
+
+
 def validate_download(raw: bytes | str | None, limits: Limits = Limits(), key: bytes | str | None = None) -> dict[str, Any]:
     """Validate a downloads message and return its fields, with the timestamp as epoch seconds."""
     document = _decode(raw, limits)
+    fields = _fast_download(document, limits) or _strict_download(document, limits)
+    _check_key(key, fields["user_id"], "user_id")
+    return fields
+
+
+def _strict_download(document: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """Check every field of a download and raise InvalidEvent naming the first problem."""
     _check_fields(document, {"event_id", "user_id", "image_id", "timestamp"}, {"search_id"})
-    fields = {
+    return {
         "event_id": _id(document, "event_id", limits),
         "user_id": _id(document, "user_id", limits),
         "image_id": _id(document, "image_id", limits),
         "timestamp": parse_timestamp(document["timestamp"], limits=limits),
         "search_id": _id(document, "search_id", limits, optional=True),
     }
-    _check_key(key, fields["user_id"], "user_id")
-    return fields
 
 
 def validate_search(raw: bytes | str | None, limits: Limits = Limits(), key: bytes | str | None = None) -> dict[str, Any]:
     """Validate a searches message and return its fields, with the timestamp as epoch seconds."""
     document = _decode(raw, limits)
+    fields = _fast_search(document, limits) or _strict_search(document, limits)
+    _check_key(key, fields["user_id"], "user_id")
+    return fields
+
+
+def _strict_search(document: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """Check every field of a search and raise InvalidEvent naming the first problem."""
     _check_fields(document, {"event_id", "user_id", "search_id", "query", "timestamp", "results"}, set())
-    fields = {
+    return {
         "event_id": _id(document, "event_id", limits),
         "user_id": _id(document, "user_id", limits),
         "search_id": _id(document, "search_id", limits),
@@ -280,8 +358,6 @@ def validate_search(raw: bytes | str | None, limits: Limits = Limits(), key: byt
         "timestamp": parse_timestamp(document["timestamp"], limits=limits),
         "results": _id_list(document, "results", limits, limits.max_results),
     }
-    _check_key(key, fields["user_id"], "user_id")
-    return fields
 
 
 def validate_image(raw: bytes | str | None, limits: Limits = Limits(), key: bytes | str | None = None) -> dict[str, Any]:

@@ -11,14 +11,16 @@ then commits the consumer group's offsets at the replay's end offsets. The worke
 exactly the events after the replay, including those produced while it ran. The group must have
 no running members while it is seeded.
 
-Progress is checkpointed under `data_dir/replay/`, so an interrupted replay resumes where it stopped.
+Progress is checkpointed in chunks under `data_dir/replay/`, so an interrupted replay resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import pickle
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,14 +98,22 @@ def offset_ranges(settings: Settings, topics: list[str], start: str | float) -> 
     return {TopicPartition(tp.topic, tp.partition): (starts[tp], ends[tp]) for tp in partitions}
 
 
-async def _consume(settings: Settings, ranges: dict[TopicPartition, tuple[int, int]], checkpoint: Path, limits: Any) -> tuple[EventLog, int]:
-    """Read and validate every event in `ranges`; resume from and save to `checkpoint`."""
-    log_so_far, positions, invalid = EventLog(), {tp: start for tp, (start, _) in ranges.items()}, 0
-    if checkpoint.exists():
-        saved = pickle.loads(checkpoint.read_bytes())
-        log_so_far, invalid = saved["log"], saved["invalid"]
-        positions.update({TopicPartition(topic, partition): offset for (topic, partition), offset in saved["positions"].items()})
-        log.info("Resuming replay from %s with %d events already read", checkpoint, len(log_so_far))
+async def _consume(
+    settings: Settings, ranges: dict[TopicPartition, tuple[int, int]], checkpoint: Path, limits: Any, log_so_far: EventLog
+) -> int:
+    """Read and validate every event in `ranges` into `log_so_far`; return the count of invalid events.
+
+    Resumes from and appends to the chunks in the `checkpoint` folder. The log is filled in place
+    rather than returned, because asyncio may format a coroutine's result for its debug output.
+    """
+    positions, invalid = {tp: start for tp, (start, _) in ranges.items()}, 0
+    for chunk_path in sorted(checkpoint.glob("chunk-*.pickle")):
+        chunk = pickle.loads(chunk_path.read_bytes())
+        log_so_far.extend(chunk["log"])
+        invalid += chunk["invalid"]
+        positions.update({TopicPartition(topic, partition): offset for (topic, partition), offset in chunk["positions"].items()})
+    if len(log_so_far) or invalid:
+        log.info("Resuming replay from %s with %d events already read", checkpoint, len(log_so_far) + invalid)
     kinds = {settings.downloads_topic: "downloads", settings.searches_topic: "searches"}
     partitions = settings.partitions
     pending = {tp for tp, (_, end) in ranges.items() if positions[tp] < end}
@@ -115,11 +125,11 @@ async def _consume(settings: Settings, ranges: dict[TopicPartition, tuple[int, i
         max_partition_fetch_bytes=16 * 1048576, max_poll_records=50_000,
     )
     await consumer.start()
+    delta, delta_invalid = EventLog(), 0
     try:
         consumer.assign(list(pending))
         for tp in pending:
             consumer.seek(tp, positions[tp])
-        since_checkpoint = 0
         with tqdm(total=total, initial=done, unit="event", desc="replay", smoothing=0.1) as bar:
             while pending:
                 batches = await consumer.getmany(*pending, timeout_ms=1000, max_records=50_000)
@@ -127,7 +137,7 @@ async def _consume(settings: Settings, ranges: dict[TopicPartition, tuple[int, i
                     end = ranges[tp][1]
                     kind = kinds[tp.topic]
                     validate = VALIDATORS[kind]
-                    add = log_so_far.add_download if kind == "downloads" else log_so_far.add_search
+                    add = delta.add_download if kind == "downloads" else delta.add_search
                     source = f"{tp.topic}:{tp.partition}"
                     taken = 0
                     for message in messages:
@@ -137,11 +147,11 @@ async def _consume(settings: Settings, ranges: dict[TopicPartition, tuple[int, i
                         try:
                             fields = validate(message.value, limits, key=message.key)
                         except InvalidEvent:
-                            invalid += 1
+                            delta_invalid += 1
                             continue
                         # The worker dead-letters user events on a partition their key does not map to.
                         if partition_for(fields["user_id"], partitions) != tp.partition:
-                            invalid += 1
+                            delta_invalid += 1
                             continue
                         add(fields, source, message.offset)
                     positions[tp] = messages[-1].offset + 1 if taken == len(messages) else end
@@ -149,22 +159,25 @@ async def _consume(settings: Settings, ranges: dict[TopicPartition, tuple[int, i
                         pending.discard(tp)
                         consumer.pause(tp)
                     bar.update(taken)
-                    since_checkpoint += taken
-                    if since_checkpoint >= CHECKPOINT_EVERY:
-                        _save_checkpoint(checkpoint, log_so_far, positions, invalid)
-                        since_checkpoint = 0
+                    if len(delta) + delta_invalid >= CHECKPOINT_EVERY:
+                        _save_chunk(checkpoint, delta, positions, delta_invalid)
+                        log_so_far.extend(delta)
+                        invalid += delta_invalid
+                        delta, delta_invalid = EventLog(), 0
     finally:
         await consumer.stop()
-    _save_checkpoint(checkpoint, log_so_far, positions, invalid)
-    return log_so_far, invalid
+    log_so_far.extend(delta)
+    return invalid + delta_invalid
 
 
-def _save_checkpoint(path: Path, event_log: EventLog, positions: dict[TopicPartition, int], invalid: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    saved = {"log": event_log, "invalid": invalid, "positions": {(tp.topic, tp.partition): offset for tp, offset in positions.items()}}
+def _save_chunk(folder: Path, events: EventLog, positions: dict[TopicPartition, int], invalid: int) -> None:
+    """Write the events read since the last chunk and the positions after them, atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    number = len(list(folder.glob("chunk-*.pickle")))
+    saved = {"log": events, "invalid": invalid, "positions": {(tp.topic, tp.partition): offset for tp, offset in positions.items()}}
+    temporary = folder / f"chunk-{number:06d}.tmp"
     temporary.write_bytes(pickle.dumps(saved, protocol=pickle.HIGHEST_PROTOCOL))
-    temporary.replace(path)
+    temporary.replace(folder / f"chunk-{number:06d}.pickle")
 
 
 def reencode_images(settings: Settings, encoder: StyleEncoder, store: StyleStore, batch_size: int = 512) -> int:
@@ -338,25 +351,37 @@ def run_replay(
     # Step 2: read and validate the user events up to the end offsets of now.
     events_started = time.monotonic()
     ranges = offset_ranges(settings, [settings.downloads_topic, settings.searches_topic], start)
-    checkpoint = settings.data_dir / "replay" / f"{target.users}.checkpoint"
+    checkpoint = settings.data_dir / "replay" / target.users
     limits = settings.limits()
-    event_log, result.invalid = asyncio.run(_consume(settings, ranges, checkpoint, limits))
-    result.events = len(event_log) + result.invalid
+    event_log = EventLog()
+    # Bulk loading allocates millions of small objects; the cyclic collector would rescan them often.
+    gc.disable()
+    try:
+        result.invalid = asyncio.run(_consume(settings, ranges, checkpoint, limits, event_log))
+        result.events = len(event_log) + result.invalid
+        consumed_at = time.monotonic()
+        batch = build_states(event_log, image_vectors, settings.preference, encoder.style_dim)
+    finally:
+        gc.enable()
     result.end_offsets = {f"{tp.topic}:{tp.partition}": end for tp, (_, end) in ranges.items()}
 
-    # Step 3: states, served vectors and popularity.
-    batch = build_states(event_log, image_vectors, settings.preference, encoder.style_dim)
+    # Step 3: served vectors and popularity.
+    computed_at = time.monotonic()
     result.users = len(batch.states)
     result.users_with_vectors = write_users(target, batch.states, encoder.model_version)
     target.set_download_counts(batch.download_counts)
     result.event_seconds = time.monotonic() - events_started
+    log.info(
+        "Replay phases: read and validate %.2f s, compute %.2f s, write %.2f s",
+        consumed_at - events_started, computed_at - consumed_at, time.monotonic() - computed_at,
+    )
 
     # Step 4: hand over to the live worker, then switch queries.
     if seed_app_id is not None:
         seed_worker(settings, seed_app_id, batch.states, batch.download_counts, {tp: end for tp, (_, end) in ranges.items()})
     if swap_alias:
         target.swap_aliases()
-    checkpoint.unlink(missing_ok=True)
+    shutil.rmtree(checkpoint, ignore_errors=True)
     result.seconds = time.monotonic() - started
     log.info(
         "Replay wrote %d users (%d with vectors) from %d events (%d invalid) in %.1f s",

@@ -200,8 +200,9 @@ class StyleStore:
     @_locked
     def upsert_images(self, payloads: Sequence[dict[str, Any]], vectors: np.ndarray) -> None:
         """Upsert images in one request; each payload must hold `image_id`."""
+        # model_construct skips pydantic validation; the fields are built right here.
         points = [
-            qm.PointStruct(id=image_point_id(payload["image_id"]), vector=vector.tolist(), payload=payload)
+            qm.PointStruct.model_construct(id=image_point_id(payload["image_id"]), vector=vector.tolist(), payload=payload)
             for payload, vector in zip(payloads, vectors)
         ]
         if points:
@@ -238,7 +239,9 @@ class StyleStore:
     def upsert_users(self, users: Sequence[tuple[str, np.ndarray, dict[str, Any]]]) -> None:
         """Upsert users in one request, as (user_id, vector, payload) triples."""
         points = [
-            qm.PointStruct(id=user_point_id(user_id), vector=np.asarray(vector, dtype=np.float32).tolist(), payload=payload)
+            qm.PointStruct.model_construct(
+                id=user_point_id(user_id), vector=np.asarray(vector, dtype=np.float32).tolist(), payload=payload
+            )
             for user_id, vector, payload in users
         ]
         if points:

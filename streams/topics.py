@@ -8,6 +8,7 @@ mismatch here stops the worker with a message instead.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -37,8 +38,9 @@ class TopicSpec:
     partitions: int
 
 
+@functools.lru_cache(maxsize=1 << 20)
 def partition_for(key: str, partitions: int) -> int:
-    """Return the partition Kafka's default partitioner (murmur2) picks for a string key."""
+    """Return the partition Kafka's default partitioner (murmur2) picks for a string key (cached)."""
     return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 

@@ -180,7 +180,7 @@ def test_interrupted_replay_resumes(live: dict[str, Any], monkeypatch: pytest.Mo
     import stylestream.streams.replay as replay_module
 
     settings = live["settings"]
-    original_save = replay_module._save_checkpoint
+    original_save = replay_module._save_chunk
 
     def save_then_interrupt(*args: Any) -> None:
         original_save(*args)
@@ -190,10 +190,10 @@ def test_interrupted_replay_resumes(live: dict[str, Any], monkeypatch: pytest.Mo
     try:
         run_replay(settings, _encoder("uninterrupted"), store)
         monkeypatch.setattr(replay_module, "CHECKPOINT_EVERY", 100)
-        monkeypatch.setattr(replay_module, "_save_checkpoint", save_then_interrupt)
+        monkeypatch.setattr(replay_module, "_save_chunk", save_then_interrupt)
         with pytest.raises(KeyboardInterrupt):
             run_replay(settings, _encoder("resumed"), store)
-        monkeypatch.setattr(replay_module, "_save_checkpoint", original_save)
+        monkeypatch.setattr(replay_module, "_save_chunk", original_save)
         caplog.set_level("INFO", logger="stylestream.streams.replay")
         run_replay(settings, _encoder("resumed"), store, reencode=False)
         users = list(live["marketplace"].user_styles)

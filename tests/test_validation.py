@@ -8,10 +8,23 @@ import time
 import jsonschema
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bad_inputs import BAD_INPUTS
 from stylestream.schemas import json_schema_path
-from stylestream.schemas.validation import Limits, PARSERS, InvalidEvent, parse_download, parse_image, parse_search
+from stylestream.schemas.validation import (
+    PARSERS,
+    InvalidEvent,
+    Limits,
+    _fast_download,
+    _fast_search,
+    _strict_download,
+    _strict_search,
+    parse_download,
+    parse_image,
+    parse_search,
+)
 
 NOW = time.time() - 60
 
@@ -139,3 +152,35 @@ def test_json_schema_rejects_what_validator_rejects(topic: str, raw: bytes, reas
 
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(json.loads(raw), schema)
+
+
+ID_VALUES = st.one_of(
+    st.text(max_size=12), st.just(""), st.just(" "), st.just("a\\x01b"), st.just("x" * 300), st.integers(), st.none(),
+)
+TIME_VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 2 * 10**9), st.booleans(), st.just("2026-01-01T00:00:00Z"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries(
+    {"event_id": ID_VALUES, "user_id": ID_VALUES, "image_id": ID_VALUES, "timestamp": TIME_VALUES},
+    optional={"search_id": ID_VALUES, "extra": st.integers()},
+))
+def test_fast_download_path_agrees_with_strict(document: dict) -> None:
+    fast = _fast_download(document, LIMITS)
+    if fast is None:
+        return
+    assert fast == _strict_download(document, LIMITS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({
+    "event_id": ID_VALUES, "user_id": ID_VALUES, "search_id": ID_VALUES, "query": st.one_of(st.text(max_size=5), st.integers()),
+    "timestamp": TIME_VALUES, "results": st.one_of(st.lists(ID_VALUES, max_size=4), st.text(max_size=3)),
+}))
+def test_fast_search_path_agrees_with_strict(document: dict) -> None:
+    fast = _fast_search(document, LIMITS)
+    if fast is None:
+        return
+    assert fast == _strict_search(document, LIMITS)
