@@ -31,6 +31,8 @@ test-unit: install
 
 bench: install kafka
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/replay_bench.py
+	$(BIN)/python benchmarks/crash_trials.py
 
 clean:
 	rm -rf data demo-output .pytest_cache

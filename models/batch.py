@@ -1,9 +1,9 @@
 """Batch computation of user states from a whole event log, with the stream's update semantics.
 
-`build_states` gives, for every user, the UserState that the stream's per-event functions
-(`apply_download`, `apply_search`) reach on the same events: the same decayed sum of downloads and
-of ignored search results, the same positive mass, event count, recent downloads, remembered
-searches and applied offsets. The sums are computed in one vectorised pass (torch index_add_),
+`build_states` gives every user the UserState that the stream's per-event functions
+(`apply_download`, `apply_search`) reach on the same events. That is the same decayed sum of
+downloads and of ignored search results, and the same positive mass, event count, recent
+downloads, remembered searches and applied offsets. The sums are computed in one vectorised pass (torch index_add_),
 so a replay runs at transport speed instead of one Python update per event.
 
 Where the stream's result depends on arrival order, the batch takes one defined order:
@@ -192,7 +192,7 @@ def build_states(
     # The sums are a sparse (users x images) weight matrix times the dense image matrix.
     weights_matrix = torch.sparse_coo_tensor(
         torch.from_numpy(np.stack([user_rows, np.asarray(rows_image, dtype=np.int64)])),
-        torch.from_numpy(decayed), size=(len(users), len(images)), dtype=torch.float64,
+        torch.from_numpy(decayed), size=(len(users), len(images)), dtype=torch.float64, check_invariants=True,
     )
     sums = torch.sparse.mm(weights_matrix, matrix) if len(decayed) else torch.zeros((len(users), style_dim), dtype=torch.float64)
     positive = weights > 0

@@ -28,7 +28,7 @@ LOCK_FILE = ".lock"
 
 
 class EdgeStoreLocked(RuntimeError):
-    """Another process holds the Edge store folder."""
+    """The Edge store folder is locked by another process."""
 
 
 def _filter(value: qm.Filter | None) -> edge.Filter | None:

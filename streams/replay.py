@@ -1,8 +1,8 @@
 """Replay: rebuild every user's state from the event topics at transport speed.
 
-A replay reads `downloads` and `searches` up to the end offsets it finds when it starts, with a
-bulk aiokafka consumer, validates each event as the worker does (invalid events are skipped, as
-the worker dead-letters them), computes the states in one vectorised pass (`models.batch`), and
+A replay reads `downloads` and `searches` with a bulk aiokafka consumer, up to the end offsets it
+finds when it starts. It validates each event as the worker does and skips invalid ones, which
+the worker dead-letters. Then it computes the states in one vectorised pass (`models.batch`) and
 bulk-upserts the served vectors into the model version's users collection.
 
 Continuity: with `seed_app_id`, the replay hands its result to the live worker of that app id.
@@ -58,7 +58,7 @@ class ReplayError(StylestreamError):
 
 @dataclass
 class ReplayResult:
-    """What a replay read and wrote, and where it ended."""
+    """Counts, timings, end offsets and target collections of one replay."""
 
     events: int = 0
     invalid: int = 0
@@ -333,9 +333,8 @@ def run_replay(
 ) -> ReplayResult:
     """Rebuild users from the topics into the encoder's versioned collections of `store`.
 
-    `store` may be any view of the store; the replay writes `images_<version>` (when `reencode`)
-    and `users_<version>`, where the version is `collection_version` or else the encoder's model
-    version. With `swap_alias`, the aliases point at them afterwards, so queries move to the new
+    `store` may be any view of the store. The replay writes `images_<version>` (when `reencode`)
+    and `users_<version>`. The version is `collection_version`, or else the encoder's model version. With `swap_alias`, the aliases point at them afterwards, so queries move to the new
     version at once.
     """
     started = time.monotonic()
