@@ -61,7 +61,8 @@ def _bag(labels_per_image: Sequence[Sequence[str]], buckets: int) -> tuple[torch
         offsets.append(len(ids))
         unique = sorted({label_bucket(label, buckets) for label in labels})
         ids.extend(unique)
-        weights.extend([1.0 / np.sqrt(len(unique))] * len(unique))
+        if unique:
+            weights.extend([1.0 / np.sqrt(len(unique))] * len(unique))
     return (
         torch.tensor(ids, dtype=torch.long),
         torch.tensor(offsets, dtype=torch.long),

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stylestream.models.encoder import StyleEncoder, untrained_encoder
+from stylestream.models.encoder import EncoderConfig, StyleEncoder, untrained_encoder
 from stylestream.models.features import FeatureSchema, build_batch
 from stylestream.schemas.errors import StylestreamError
 from stylestream.schemas.events import Download, Image
@@ -149,11 +149,17 @@ def info_nce(anchors: torch.Tensor, partners: torch.Tensor, anchor_ids: torch.Te
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def train_encoder(images: list[Image], downloads: list[Download], config: TrainingConfig = TrainingConfig(), progress: bool = True) -> TrainingResult:
+def train_encoder(
+    images: list[Image],
+    downloads: list[Download],
+    config: TrainingConfig = TrainingConfig(),
+    progress: bool = True,
+    encoder_config: EncoderConfig = EncoderConfig(),
+) -> TrainingResult:
     """Fit a StyleEncoder with InfoNCE on positive pairs from `downloads`, starting from the untrained encoder.
 
-    The feature schema follows the images' deep and colour dimensions. With a fixed seed the result
-    is deterministic on CPU.
+    The feature schema follows the images' deep and colour dimensions, and `encoder_config` sets the
+    layer sizes and feature weights. With a fixed seed the result is deterministic on CPU.
     """
     if not images:
         raise TrainingError("no images to train on; pass the catalogue's images events")
@@ -168,7 +174,7 @@ def train_encoder(images: list[Image], downloads: list[Download], config: Traini
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     schema = feature_schema_of(images)
-    encoder = untrained_encoder(schema, seed=config.seed).to(device)
+    encoder = untrained_encoder(schema, encoder_config, seed=config.seed).to(device)
     optimiser = torch.optim.AdamW(encoder.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     result = TrainingResult(encoder=encoder, config=config, data_sha256=fingerprint(images, downloads), anchors=len(sampler.anchors))
     result.trained_until = max(d.timestamp for d in downloads)

@@ -82,13 +82,18 @@ def datasets() -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data/openclipart"), show_default=True,
               help="Folder for catalogue.jsonl, images.jsonl (resumable), the simulated events and the worker's data.")
 @click.option("--catalogue-only", is_flag=True, help="Stop after writing catalogue.jsonl.")
+@click.option("--events-only", is_flag=True, help="Stop after featurizing the drawings and writing the creatives' events to OUT/creatives.")
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), envvar="STYLESTREAM_MODEL_PATH",
+              help="Style encoder checkpoint for the worker, trained on 1280-d EfficientNet-Lite0 features "
+                   "(make model-openclipart). Env: STYLESTREAM_MODEL_PATH. Default: the untrained encoder.")
+@click.option("--end-time", type=float, help="Epoch seconds of the creatives' last events; default: an hour ago. Fix it for reproducible events.")
 @click.option("--creatives", type=int, default=150, show_default=True, help="Number of simulated creatives.")
 @click.option("--seed", type=int, default=11, show_default=True, help="Seed of the creative simulation.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass of the CNN.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures as JSON.")
 def openclipart(
-    source: Path | None, cache: Path, out_dir: Path, catalogue_only: bool, creatives: int, seed: int, batch_size: int,
-    json_path: Path | None,
+    source: Path | None, cache: Path, out_dir: Path, catalogue_only: bool, events_only: bool, model_path: Path | None,
+    end_time: float | None, creatives: int, seed: int, batch_size: int, json_path: Path | None,
 ) -> None:
     """Build the openclipart catalogue, featurize it, simulate creatives, stream them and evaluate."""
     from stylestream.models.datasets.openclipart import fetch_packages, write_catalogue
@@ -102,9 +107,14 @@ def openclipart(
     if catalogue_only:
         return
     from stylestream.models.datasets.creatives import CreativeConfig
-    from stylestream.streams.openclipart_run import run_openclipart, write_figures
+    from stylestream.streams.openclipart_run import ensure_features, run_openclipart, simulate_events, write_figures
 
-    figures = run_openclipart(out_dir, CreativeConfig(creatives=creatives, seed=seed), batch_size=batch_size)
+    config = CreativeConfig(creatives=creatives, seed=seed)
+    if events_only:
+        ensure_features(out_dir, batch_size)
+        simulate_events(out_dir, config, end_time)
+        return
+    figures = run_openclipart(out_dir, config, batch_size=batch_size, model_path=model_path, end_time=end_time)
     write_figures(figures, json_path)
 
 

@@ -77,12 +77,19 @@ def load_events(options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 @click.option("--pairing", type=click.Choice(["search_or_category", "category"]), default="search_or_category", show_default=True,
               help="Positives: downloads of one user under another search or category set, or under another category set only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation and pair sampling.")
+@click.option("--style-dim", type=click.IntRange(min=1), default=64, show_default=True, help="Dimension of the style vectors.")
+@click.option("--categories-weight", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="Weight of the category block in the encoder input; 0 leaves categories out.")
+@click.option("--keywords-weight", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="Weight of the keyword block in the encoder input; 0 leaves keywords out.")
 @click.option("--device", help="Torch device; default CUDA when available, else CPU.")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), help="Folder for loss.png.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(checkpoint: Path, temperature: float, batch_size: int, epochs: int, learning_rate: float, pairing: str, seed: int,
-          device: str | None, plots: Path | None, no_progress: bool, **options: Any) -> None:
+          style_dim: int, categories_weight: float, keywords_weight: float, device: str | None, plots: Path | None,
+          no_progress: bool, **options: Any) -> None:
     """Train the style encoder with InfoNCE on the downloads before the held-out part of the log."""
+    from stylestream.models.encoder import EncoderConfig
     from stylestream.models.evaluation import temporal_split
     from stylestream.models.training import TrainingConfig, plot_loss_curve, save_checkpoint, train_encoder
     from stylestream.streams.cli import configure_logging
@@ -95,7 +102,8 @@ def train(checkpoint: Path, temperature: float, batch_size: int, epochs: int, le
         downloads = temporal_split(events.searches, events.downloads, fraction).train_downloads
     config = TrainingConfig(temperature=temperature, batch_size=batch_size, epochs=epochs, learning_rate=learning_rate,
                             seed=seed, pairing=pairing, device=device)
-    result = train_encoder(events.images, downloads, config, progress=not no_progress)
+    encoder_config = EncoderConfig(style_dim=style_dim, categories_weight=categories_weight, keywords_weight=keywords_weight)
+    result = train_encoder(events.images, downloads, config, progress=not no_progress, encoder_config=encoder_config)
     save_checkpoint(result, checkpoint, extra={"holdout_fraction": fraction, "source": source})
     click.echo(f"Wrote {result.encoder.model_version} to {checkpoint} ({checkpoint.stat().st_size / 1e6:.1f} MB); "
                f"loss {result.epoch_losses[0]:.3f} -> {result.epoch_losses[-1]:.3f}")

@@ -4,7 +4,8 @@ Output folder layout (`out_dir`):
 
 - `catalogue.jsonl`: the catalogue (written by `stylestream datasets openclipart`);
 - `images.jsonl`: `images` events, appended to and resumed across runs;
-- `encoder.pt`: the untrained style encoder for 1280-d deep and COLORS_DIM colour features;
+- `encoder.pt`: the untrained style encoder for 1280-d deep and COLORS_DIM colour features, used
+  when no checkpoint is given;
 - `creatives/`: searches.jsonl, downloads.jsonl and truth.json;
 - `run/`: Kafka, worker and embedded Qdrant store of the last run (emptied at each run);
 - `recommendations.json`: each creative's top 10, unfiltered and per held-out project;
@@ -21,10 +22,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from stylestream.models.datasets.creatives import CreativeConfig, simulate_creatives
+from stylestream.models.datasets.creatives import CreativeConfig, CreativeMarket, simulate_creatives
 from stylestream.models.datasets.creator_match import creator_match_at_k
 from stylestream.models.datasets.openclipart import read_catalogue
-from stylestream.models.encoder import untrained_encoder
+from stylestream.models.encoder import ModelError, StyleEncoder, untrained_encoder
 from stylestream.models.featurize import COLORS_DIM, EfficientNetLite0, iter_catalogue
 from stylestream.models.features import FeatureSchema
 from stylestream.streams.broker import EmbeddedKafka, free_port
@@ -53,10 +54,29 @@ def ensure_features(out_dir: Path, batch_size: int = 32) -> Path:
 def save_encoder(out_dir: Path) -> Path:
     """Save the untrained encoder for EfficientNet-Lite0 and colour features; return its path."""
     path = out_dir / "encoder.pt"
-    # NOTE: this untrained encoder (a random projection) reached style_match_at_10 0.39 against
-    # chance 0.31 on held-out projects, far below 0.9; a trained checkpoint is still missing.
     untrained_encoder(FeatureSchema(deep_dim=EfficientNetLite0.dim, colors_dim=COLORS_DIM)).save(path)
     return path
+
+
+def check_encoder(path: Path) -> str:
+    """Load the checkpoint at `path`, check it takes this catalogue's features and return its model_version."""
+    encoder = StyleEncoder.load(path)
+    expected = (EfficientNetLite0.dim, COLORS_DIM)
+    if (encoder.schema.deep_dim, encoder.schema.colors_dim) != expected:
+        raise ModelError(
+            f"checkpoint {path} takes {encoder.schema.deep_dim} deep and {encoder.schema.colors_dim} colour values, but the "
+            f"openclipart images have {expected[0]} and {expected[1]}; pass a checkpoint trained on the openclipart events "
+            "(make model-openclipart writes one)"
+        )
+    return encoder.model_version
+
+
+def simulate_events(out_dir: Path, config: CreativeConfig = CreativeConfig(), end_time: float | None = None) -> tuple[CreativeMarket, dict[str, Path]]:
+    """Simulate the creatives on the catalogue in `out_dir` and write their events to `out_dir/creatives`."""
+    market = simulate_creatives(read_catalogue(out_dir / "catalogue.jsonl"), config, end_time)
+    paths = market.write(out_dir / "creatives")
+    print(f"Simulated {len(market.user_creators)} creatives: {market.event_count} events -> {out_dir / 'creatives'}", flush=True)
+    return market, paths
 
 
 def query_recommendations(client: WorkerClient, truth: dict[str, Any], k: int = TOP_K) -> dict[str, Any]:
@@ -75,14 +95,26 @@ def query_recommendations(client: WorkerClient, truth: dict[str, Any], k: int = 
     return {"top": top, "held_out": held_out}
 
 
-def run_openclipart(out_dir: Path, config: CreativeConfig = CreativeConfig(), batch_size: int = 32) -> dict[str, Any]:
-    """Run the whole evaluation on a built catalogue in `out_dir`; return the figures."""
+def run_openclipart(
+    out_dir: Path,
+    config: CreativeConfig = CreativeConfig(),
+    batch_size: int = 32,
+    model_path: Path | None = None,
+    end_time: float | None = None,
+) -> dict[str, Any]:
+    """Run the whole evaluation on a built catalogue in `out_dir`; return the figures.
+
+    `model_path` is the style encoder checkpoint the worker loads; None uses the untrained encoder.
+    `end_time` is the epoch time of the simulated creatives' last events; None is an hour ago.
+    """
     started = time.monotonic()
     images_path = ensure_features(out_dir, batch_size)
-    model_path = save_encoder(out_dir)
-    market = simulate_creatives(read_catalogue(out_dir / "catalogue.jsonl"), config)
-    paths = market.write(out_dir / "creatives")
-    print(f"Simulated {len(market.user_creators)} creatives: {market.event_count} events", flush=True)
+    if model_path is None:
+        model_path = save_encoder(out_dir)
+        model_description = "EfficientNet-Lite0 ImageNet features, untrained style encoder"
+    else:
+        model_description = f"EfficientNet-Lite0 ImageNet features, style encoder {check_encoder(model_path)} from {model_path}"
+    market, paths = simulate_events(out_dir, config, end_time)
 
     run_dir = out_dir / "run"
     if run_dir.exists():
@@ -115,9 +147,16 @@ def run_openclipart(out_dir: Path, config: CreativeConfig = CreativeConfig(), ba
         results = query_recommendations(worker.client, market.truth())
 
     (out_dir / "recommendations.json").write_text(json.dumps(results))
-    figures: dict[str, Any] = creator_match_at_k(results["held_out"], results["top"], market.truth(), k=TOP_K)
+    # The worker leaves a user's last 200 downloads (more than any creative makes here) out of its
+    # recommendations, so chance and best leave every download out too.
+    downloaded: dict[str, set[str]] = {}
+    for event in market.downloads:
+        downloaded.setdefault(event["user_id"], set()).add(event["image_id"])
+    # NOTE: with models/checkpoints/style-encoder-openclipart.pt, style_match_at_10 is 0.574, 0.72 of
+    # the best possible 0.796. A target of 0.9 is above that best, so no ranking can reach it here.
+    figures: dict[str, Any] = creator_match_at_k(results["held_out"], results["top"], market.truth(), k=TOP_K, excluded=downloaded)
     figures.update({
-        "model_version": "EfficientNet-Lite0 ImageNet features, untrained style encoder",
+        "model_version": model_description,
         "images": produced["images"],
         "creatives": len(market.user_creators),
         "events": market.event_count,

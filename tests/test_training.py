@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from stylestream.models.encoder import StyleEncoder
+from stylestream.models.encoder import EncoderConfig, StyleEncoder
 from stylestream.models.simulation import SimulationConfig, simulate
 from stylestream.models.training import (
     PairSampler,
@@ -133,3 +133,21 @@ def test_training_rejects_tiny_logs() -> None:
 
     with pytest.raises(TrainingError, match="batch size"):
         train_encoder(images, downloads, TrainingConfig(batch_size=8), progress=False)
+
+
+def test_training_keeps_encoder_config(small_log: tuple[list[Image], list[Download]], tmp_path: Path) -> None:
+    images, downloads = small_log
+    encoder_config = EncoderConfig(style_dim=16, categories_weight=0.0, keywords_weight=0.0)
+
+    result = train_encoder(images, downloads, TrainingConfig(batch_size=64, epochs=1, device="cpu"), progress=False, encoder_config=encoder_config)
+    path = tmp_path / "encoder.pt"
+    save_checkpoint(result, path)
+    loaded = StyleEncoder.load(path)
+
+    assert loaded.config == encoder_config
+    assert loaded.style_dim == 16
+    vectors = loaded.encode([images[0].deep], [images[0].colors], [images[0].categories], [images[0].keywords])
+    assert vectors.shape == (1, 16)
+    # A zero weight removes the block from x0, so the label embeddings cannot change a vector.
+    relabelled = loaded.encode([images[0].deep], [images[0].colors], [["another-category"]], [["another-keyword"]])
+    np.testing.assert_allclose(vectors, relabelled, atol=1e-6)
