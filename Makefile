@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KAFKA_STAMP := .cache/kafka/kafka-4.2.0/lib/.complete
 
-.PHONY: install kafka demo test test-unit bench clean
+.PHONY: install kafka demo test test-unit test-long bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ test: install kafka
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration"
+
+test-long: install kafka
+	$(BIN)/python -m pytest -q -m long
 
 bench: install kafka
 	$(BIN)/python benchmarks/run.py

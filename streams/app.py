@@ -122,7 +122,7 @@ class StyleStreamApp:
         app.agent(self.images_topic, name="stylestream.images")(self._images_agent)
         app.agent(self.popularity_topic, name="stylestream.popularity")(self._popularity_agent)
         app.timer(settings.flush_interval, name="stylestream.flush")(self._flush)
-        app.task(self._flush_recovered_users)
+        self.table.on_recover(self._flush_recovered_users)
         app.timer(settings.liveness_interval, name="stylestream.liveness")(self._check_liveness)
 
         from stylestream.streams.web import register_views
@@ -219,8 +219,11 @@ class StyleStreamApp:
         self.stats.stalled_partitions = names
 
     async def _flush_recovered_users(self) -> None:
-        """After table recovery, flush every recovered user once, so changes a crash left unflushed are written."""
-        await self.app.tables.recovery.completed.wait()
+        """Queue every user of the table for a flush after each recovery, at start-up and after every rebalance.
+
+        A crash, or a worker that lost a partition before its next flush, can leave a user's newest
+        state only in the changelog; the worker that recovers the partition writes it.
+        """
         recovered = list(self.table.keys())
         for user_id in recovered:
             self.sink.mark(user_id)

@@ -57,6 +57,10 @@ def register_views(worker: "StyleStreamApp") -> None:
 
     @app.page("/health")
     async def health(view: View, request: Request) -> Response:
+        # A stalled partition fails the liveness check, so an orchestrator restarts the worker.
+        stalled = worker.stats.stalled_partitions
+        if stalled:
+            return view.json({"status": "stalled", "stalled_partitions": stalled}, status=503)
         return view.json({"status": "ok"})
 
     @app.page("/ready")

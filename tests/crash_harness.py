@@ -56,7 +56,8 @@ def worker_env(settings: Settings, web_port: int) -> dict[str, str]:
     }
 
 
-def _produce_slowly(bootstrap: str, settings: Settings, marketplace: Marketplace, seconds: float) -> None:
+def produce_slowly(bootstrap: str, settings: Settings, marketplace: Marketplace, seconds: float) -> None:
+    """Produce the marketplace's user events in random order, in 40 steps spread over `seconds`."""
     events = [(settings.searches_topic, event) for event in marketplace.searches]
     events += [(settings.downloads_topic, event) for event in marketplace.downloads]
     random.Random(1).shuffle(events)
@@ -95,7 +96,7 @@ def run_crash_trial(kafka: EmbeddedKafka, data_dir: Path, marketplace: Marketpla
         produced = {settings.images_topic: produce_file(settings.bootstrap_servers, settings.images_topic, paths["images"], "images", progress=False)}
         worker.wait_until(all_applied(produced), timeout=120, what="images")
 
-        producer = threading.Thread(target=_produce_slowly, args=(settings.bootstrap_servers, settings, marketplace, 3.0 * kills + 3.0))
+        producer = threading.Thread(target=produce_slowly, args=(settings.bootstrap_servers, settings, marketplace, 3.0 * kills + 3.0))
         producer.start()
         for _ in range(kills):
             time.sleep(rng.uniform(0.5, 3.0))
