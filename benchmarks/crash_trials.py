@@ -4,7 +4,8 @@ Usage: python benchmarks/crash_trials.py [--trials 20] [--kills 2]
 
 Each trial streams the default simulated marketplace (about 22,000 user events) through a fresh
 worker on the embedded broker, kills it with SIGKILL `--kills` times at random moments, restarts
-it, waits until the consumer group's lag is zero, and compares every user's vector in Qdrant with
+it, waits until the consumer group's lag is zero (restarting the worker when its /health liveness
+check reports a stalled partition, as an orchestrator would), and compares every user's vector in Qdrant with
 the independent numpy computation of the same events. Results go to benchmarks/results/crash.json.
 """
 
@@ -49,6 +50,7 @@ def main() -> None:
         "crash_max_abs_diff": max(result["max_abs_diff"] for result in results),
         "crash_lost_users": sum(len(result["lost_users"]) for result in results),
         "crash_miscounted_users": sum(len(result["miscounted_users"]) for result in results),
+        "crash_liveness_restarts": sum(result["liveness_restarts"] for result in results),
         "trials": results,
     }
     output = ROOT / "benchmarks" / "results" / "crash.json"

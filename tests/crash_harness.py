@@ -20,6 +20,7 @@ from kafka import KafkaProducer
 from reference import reference_vectors
 from stylestream.models.simulation import Marketplace
 from stylestream.streams.broker import EmbeddedKafka, free_port
+from stylestream.streams.client import WorkerRequestError
 from stylestream.streams.lag import consumer_lag
 from stylestream.streams.produce import produce_file
 from stylestream.streams.settings import Settings
@@ -53,6 +54,7 @@ def worker_env(settings: Settings, web_port: int) -> dict[str, str]:
         "STYLESTREAM_SESSION_TIMEOUT": "6",
         "STYLESTREAM_IMAGE_WAIT_SECONDS": "1",
         "STYLESTREAM_LIVENESS_INTERVAL": "2",
+        "STYLESTREAM_STALL_SECONDS": "20",
     }
 
 
@@ -71,14 +73,36 @@ def produce_slowly(bootstrap: str, settings: Settings, marketplace: Marketplace,
     producer.close()
 
 
-def _wait_for_zero_lag(settings: Settings, worker: WorkerProcess, timeout: float) -> None:
+def _stalled(worker: WorkerProcess) -> bool:
+    """Return True when the worker's liveness check fails because a partition stopped progressing."""
+    try:
+        worker.client.request("GET", "/health")
+    except WorkerRequestError as exc:
+        return exc.status == 503
+    return False
+
+
+def _drain(settings: Settings, worker: WorkerProcess, env: dict[str, str], log_path: Path, timeout: float) -> tuple[WorkerProcess, int]:
+    """Wait until the group's lag and the sink are empty; restart the worker when its liveness check fails.
+
+    Returns the worker that finished and how many liveness restarts it took, as an orchestrator
+    with a liveness probe on /health would do them.
+    """
     topics = [settings.downloads_topic, settings.searches_topic]
     deadline = time.monotonic() + timeout
+    restarts = 0
+    lags: list[Any] = []
     while time.monotonic() < deadline:
         lags = consumer_lag(settings.bootstrap_servers, settings.app_id, topics)
         if lags and all(lag.lag == 0 for lag in lags) and worker.client.stats().get("pending_users", 1) == 0:
-            return
+            return worker, restarts
+        if _stalled(worker):
+            worker.kill()
+            worker = WorkerProcess(env, log_path, int(env["STYLESTREAM_WEB_PORT"])).start()
+            worker.wait_ready(timeout=180)
+            restarts += 1
         time.sleep(1.0)
+    worker.stop()
     raise TimeoutError(f"consumer lag did not reach zero within {timeout:.0f} s: {lags}")
 
 
@@ -104,7 +128,7 @@ def run_crash_trial(kafka: EmbeddedKafka, data_dir: Path, marketplace: Marketpla
             worker = WorkerProcess(env, data_dir / "worker.log", web_port).start()
             worker.wait_ready(timeout=180)
         producer.join()
-        _wait_for_zero_lag(settings, worker, timeout=240)
+        worker, restarts = _drain(settings, worker, env, data_dir / "worker.log", timeout=300)
     finally:
         worker.stop()
 
@@ -127,6 +151,7 @@ def run_crash_trial(kafka: EmbeddedKafka, data_dir: Path, marketplace: Marketpla
     return {
         "events": marketplace.event_count,
         "kills": kills,
+        "liveness_restarts": restarts,
         "max_abs_diff": max(differences) if differences else float("inf"),
         "lost_users": lost,
         "miscounted_users": miscounted,
