@@ -3,10 +3,10 @@
 Usage: python benchmarks/crash_trials.py [--trials 20] [--kills 2]
 
 Each trial streams the default simulated marketplace (about 22,000 user events) through a fresh
-worker on the embedded broker, kills it with SIGKILL `--kills` times at random moments, restarts
-it, waits until the consumer group's lag is zero (restarting the worker when its /health liveness
-check reports a stalled partition, as an orchestrator would), and compares every user's vector in Qdrant with
-the independent numpy computation of the same events. Results go to benchmarks/results/crash.json.
+worker on the embedded broker. It kills the worker with SIGKILL `--kills` times at random moments
+and restarts it. Then it waits until the consumer group's lag is zero, restarting the worker when
+its /health liveness check reports a stalled partition, as an orchestrator would. Finally it
+compares every user's vector in Qdrant with the independent numpy computation of the same events. Results go to benchmarks/results/crash.json.
 """
 
 from __future__ import annotations

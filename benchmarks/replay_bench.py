@@ -7,8 +7,8 @@ other, and reported with their ratios:
 - raw: an aiokafka consumer that only reads and decodes (orjson) every user event;
 - replay: `run_replay`'s event phase (read, validate, compute states, upsert users);
 - faust: a stylestream worker consuming the same kind of events from the start, as a replay
-  through agents would. It runs on a smaller topic pair (`--faust-events`), because at the
-  agents' rate a million events would take minutes; its rate is events over wall time.
+  through agents would. It runs on a smaller topic pair (`--faust-events`), because a million
+  events would take many minutes at the agents' rate. Its rate is events over wall time.
 Results go to benchmarks/results/replay.json and are printed as Markdown.
 """
 
