@@ -66,14 +66,7 @@ def scenario_settings(kafka: EmbeddedKafka, data_dir: Path, name: str) -> Settin
 def worker_env(settings: Settings, web_port: int, **extra: str) -> dict[str, str]:
     """Return the STYLESTREAM_* variables that configure a worker child for `settings`."""
     env = {
-        "STYLESTREAM_BROKER": settings.broker,
-        "STYLESTREAM_DATA_DIR": str(settings.data_dir),
-        "STYLESTREAM_APP_ID": settings.app_id,
-        "STYLESTREAM_PARTITIONS": str(settings.partitions),
-        "STYLESTREAM_IMAGE_PARTITIONS": str(settings.image_partitions),
-        "STYLESTREAM_DOWNLOADS_TOPIC": settings.downloads_topic,
-        "STYLESTREAM_SEARCHES_TOPIC": settings.searches_topic,
-        "STYLESTREAM_IMAGES_TOPIC": settings.images_topic,
+        **settings.to_environment(),
         "STYLESTREAM_WEB_PORT": str(web_port),
         "STYLESTREAM_REBALANCE_TIMEOUT": "3",
         "STYLESTREAM_LOG_LEVEL": "WARNING",

@@ -140,6 +140,22 @@ class Settings(BaseSettings):
         """Return the dead-letter topic of `topic`."""
         return f"{topic}.dlq"
 
+    def to_environment(self) -> dict[str, str]:
+        """Return the STYLESTREAM_* variables that reproduce these settings in a child process.
+
+        Every set value is included, so variables inherited from the parent cannot override them.
+        Secrets are included too, so never log the result.
+        """
+        environment = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            environment[f"STYLESTREAM_{name.upper()}"] = str(value)
+        return environment
+
     def redacted(self) -> dict[str, object]:
         """Return the settings as a dict that is safe to log (secrets hidden)."""
         values = self.model_dump()

@@ -38,23 +38,17 @@ def trial_settings(kafka: EmbeddedKafka, data_dir: Path) -> Settings:
     )
 
 
-def worker_env(settings: Settings, web_port: int) -> dict[str, str]:
-    """Return the STYLESTREAM_* variables that configure a worker child for `settings`."""
+def worker_env(settings: Settings, web_port: int, **extra: str) -> dict[str, str]:
+    """Return the STYLESTREAM_* variables of a test worker child for `settings`, with short timeouts."""
     return {
-        "STYLESTREAM_BROKER": settings.broker,
-        "STYLESTREAM_DATA_DIR": str(settings.data_dir),
-        "STYLESTREAM_APP_ID": settings.app_id,
-        "STYLESTREAM_PARTITIONS": str(settings.partitions),
-        "STYLESTREAM_IMAGE_PARTITIONS": str(settings.image_partitions),
-        "STYLESTREAM_DOWNLOADS_TOPIC": settings.downloads_topic,
-        "STYLESTREAM_SEARCHES_TOPIC": settings.searches_topic,
-        "STYLESTREAM_IMAGES_TOPIC": settings.images_topic,
+        **settings.to_environment(),
         "STYLESTREAM_WEB_PORT": str(web_port),
         "STYLESTREAM_REBALANCE_TIMEOUT": "2",
         "STYLESTREAM_SESSION_TIMEOUT": "6",
         "STYLESTREAM_IMAGE_WAIT_SECONDS": "1",
         "STYLESTREAM_LIVENESS_INTERVAL": "2",
         "STYLESTREAM_STALL_SECONDS": "20",
+        **extra,
     }
 
 

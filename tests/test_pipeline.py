@@ -18,6 +18,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from bad_inputs import BAD_INPUTS
+from crash_harness import worker_env
 from reference import reference_vectors
 from stylestream.models.simulation import SimulationConfig, simulate
 from stylestream.streams.broker import EmbeddedKafka, free_port
@@ -50,21 +51,7 @@ def _settings(kafka: EmbeddedKafka, data_dir: Path, prefix: str) -> Settings:
 
 
 def _worker_env(settings: Settings, web_port: int) -> dict[str, str]:
-    return {
-        "STYLESTREAM_BROKER": settings.broker,
-        "STYLESTREAM_DATA_DIR": str(settings.data_dir),
-        "STYLESTREAM_APP_ID": settings.app_id,
-        "STYLESTREAM_PARTITIONS": str(settings.partitions),
-        "STYLESTREAM_IMAGE_PARTITIONS": str(settings.image_partitions),
-        "STYLESTREAM_DOWNLOADS_TOPIC": settings.downloads_topic,
-        "STYLESTREAM_SEARCHES_TOPIC": settings.searches_topic,
-        "STYLESTREAM_IMAGES_TOPIC": settings.images_topic,
-        "STYLESTREAM_WEB_PORT": str(web_port),
-        "STYLESTREAM_REBALANCE_TIMEOUT": "2",
-        "STYLESTREAM_IMAGE_WAIT_SECONDS": "1",
-        "STYLESTREAM_LOG_FORMAT": "json",
-        "STYLESTREAM_LIVENESS_INTERVAL": "1",
-    }
+    return worker_env(settings, web_port, STYLESTREAM_LOG_FORMAT="json", STYLESTREAM_LIVENESS_INTERVAL="1")
 
 
 BAD_REQUESTS = {

@@ -65,3 +65,11 @@ def test_config_command_masks_secrets() -> None:
     assert result.returncode == 0, result.stderr
     assert SECRET not in result.stdout + result.stderr
     assert json.loads(result.stdout)["qdrant_api_key"] == "**********"
+
+
+def test_environment_round_trips_settings() -> None:
+    settings = Settings(broker="kafka://127.0.0.1:1", partitions=3, half_life_days=7.5, qdrant_api_key=SECRET)
+
+    rebuilt = Settings(**{key[len("STYLESTREAM_"):].lower(): value for key, value in settings.to_environment().items()})
+
+    assert rebuilt == settings
