@@ -37,7 +37,7 @@ class Search(faust.Record, serializer=CODEC_NAME):
 class Image(faust.Record, serializer=CODEC_NAME):
     """An image and its features of several natures. Keyed by image_id.
 
-    `deep` holds CNN features, `colors` a dominant-hue histogram, and `categories` and `keywords`
+    `deep` contains CNN features, `colors` a dominant-hue histogram, and `categories` and `keywords`
     are lists of strings. `metadata` is free-form and stored with the image's payload.
     """
 

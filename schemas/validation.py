@@ -160,6 +160,11 @@ def _id_value(value: Any, name: str, limits: Limits) -> str:
     return value
 
 
+def validate_id(value: Any, name: str, limits: Limits) -> str:
+    """Check an id as event fields are checked (string, not blank, bounded, no control characters)."""
+    return _id_value(value, name, limits)
+
+
 def parse_timestamp(value: Any, name: str = "timestamp", limits: Limits | None = None) -> float:
     """Convert epoch seconds or an ISO-8601 string with a UTC offset into float epoch seconds."""
     limits = limits or Limits()

@@ -45,13 +45,13 @@ class BrokerError(StylestreamError):
 
 
 def default_cache_dir() -> Path:
-    """Return the folder that holds the Kafka jars (STYLESTREAM_KAFKA_CACHE or ./.cache/kafka)."""
+    """Return the folder that contains the Kafka jars (STYLESTREAM_KAFKA_CACHE or ./.cache/kafka)."""
     configured = os.environ.get("STYLESTREAM_KAFKA_CACHE")
     return Path(configured) if configured else Path.cwd() / ".cache" / "kafka"
 
 
 def ensure_kafka_jars(cache_dir: Path | None = None) -> Path:
-    """Fetch the Kafka runtime jars with Maven unless the cache already holds them.
+    """Fetch the Kafka runtime jars with Maven unless the cache already contains them.
 
     Returns the folder of jars. Raises BrokerError when Java or Maven is missing or Maven fails.
     """
@@ -268,7 +268,7 @@ class EmbeddedKafka:
 
 
 def _broker_answers_metadata(bootstrap: str) -> bool:
-    """Return True once the broker answers a metadata request."""
+    """Return True once the broker responds to a metadata request."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 

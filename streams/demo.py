@@ -103,9 +103,9 @@ def _print_user(user_id: str, answer: dict[str, Any], marketplace: Any) -> None:
         print(f"  {item['image_id']}  score {item['score']:.3f}  style {style:2d} {mark}  subject {subject:2d}")
 
 
-def write_figures(figures: dict[str, Any], path: Path | None) -> None:
-    """Print the demo's figures and write them as JSON when `path` is given."""
-    print("\nDemo figures:")
+def write_figures(figures: dict[str, Any], path: Path | None, title: str = "Demo figures") -> None:
+    """Print figures under `title`, floats to 3 decimals, and write them as JSON when `path` is given."""
+    print(f"\n{title}:")
     for key, value in figures.items():
         print(f"  {key}: {round(value, 3) if isinstance(value, float) else value}")
     if path is not None:

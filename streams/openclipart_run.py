@@ -28,6 +28,7 @@ from stylestream.models.datasets.openclipart import read_catalogue
 from stylestream.models.encoder import ModelError, StyleEncoder, untrained_encoder
 from stylestream.models.featurize import COLORS_DIM, EfficientNetLite0, iter_catalogue
 from stylestream.models.features import FeatureSchema
+from stylestream.streams import demo
 from stylestream.streams.broker import EmbeddedKafka, free_port
 from stylestream.streams.client import WorkerClient
 from stylestream.streams.featurize_output import featurize_to_jsonl
@@ -169,11 +170,5 @@ def run_openclipart(
 
 
 def write_figures(figures: dict[str, Any], path: Path | None) -> None:
-    """Print the figures and write them as JSON when `path` is given."""
-    print("\nopenclipart figures:")
-    for key, value in figures.items():
-        print(f"  {key}: {value}")
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(figures, indent=2))
-        print(f"Wrote {path}")
+    """Print the openclipart figures and write them as JSON when `path` is given."""
+    demo.write_figures(figures, path, title="openclipart figures")

@@ -30,6 +30,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
@@ -80,8 +81,6 @@ def offset_ranges(settings: Settings, topics: list[str], start: str | float) -> 
     """Return (start, end) offsets of every partition: from the beginning or from a UTC epoch time, to the end now."""
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, **kafka_python_options(settings))
     try:
-        from kafka import TopicPartition as KafkaTopicPartition
-
         partitions = [
             KafkaTopicPartition(topic, number) for topic in topics for number in sorted(consumer.partitions_for_topic(topic) or ())
         ]
@@ -185,13 +184,11 @@ def reencode_images(settings: Settings, encoder: StyleEncoder, store: StyleStore
     ranges = offset_ranges(settings, [settings.images_topic], "earliest")
     limits = settings.limits(encoder.schema.deep_dim, encoder.schema.colors_dim)
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, **kafka_python_options(settings))
-    from kafka import TopicPartition as KafkaTopicPartition
-
     written = 0
     batch: list[dict[str, Any]] = []
     try:
         for tp, (start, end) in ranges.items():
-            kafka_tp = KafkaTopicPartition(tp.topic, tp.partition)
+            kafka_tp = _kafka_tp(tp)
             consumer.assign([kafka_tp])
             consumer.seek(kafka_tp, start)
             position = start
@@ -305,16 +302,12 @@ def seed_worker(
 
 
 def _kafka_tp(tp: TopicPartition) -> Any:
-    from kafka import TopicPartition as KafkaTopicPartition
-
     return KafkaTopicPartition(tp.topic, tp.partition)
 
 
 def _end_offsets(settings: Settings, topic: str) -> dict[Any, OffsetAndMetadata]:
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, **kafka_python_options(settings))
     try:
-        from kafka import TopicPartition as KafkaTopicPartition
-
         partitions = [KafkaTopicPartition(topic, number) for number in sorted(consumer.partitions_for_topic(topic) or ())]
         return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in consumer.end_offsets(partitions).items()} if partitions else {}
     finally:

@@ -2,7 +2,7 @@
 
 A user changed by many events between two flushes is written once. A failed flush keeps every
 changed user, and the sink retries with exponential backoff, logging each retry. While more than
-`max_pending_users` changed users wait, `wait_for_capacity` holds the agents back, so a long store
+`max_pending_users` changed users wait, `wait_for_capacity` pauses the agents, so a long store
 outage pauses consumption instead of growing memory without limit. After a restart, table recovery
 queues every recovered user again.
 """

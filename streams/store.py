@@ -251,8 +251,8 @@ class StyleStore:
     def upsert_users_if_newer(self, users: Sequence[tuple[str, np.ndarray, dict[str, Any]]]) -> int:
         """Upsert users whose payload `event_count` is above the stored one; return how many were written.
 
-        A user's event_count only grows as events are applied, so it orders the states of one user:
-        a stale state (from a worker that lost the partition in a rebalance, say) never replaces a
+        A user's event_count only grows as events are applied, so it orders the states of one user.
+        So a stale state, from a worker that lost the partition in a rebalance, say, never replaces a
         newer one, and rewriting an identical state is skipped. Points of another model_version
         are always replaced.
         """

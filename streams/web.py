@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response, View
 
+from stylestream.schemas.validation import InvalidEvent, Limits, validate_id
 from stylestream.streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from stylestream.streams.metrics import render as render_metrics
 from stylestream.streams.query import QueryError, recommend, rerank
@@ -39,21 +40,19 @@ def _error(view: View, status: int, parameter: str | None, message: str) -> Resp
 RERANK_FIELDS = {"image_ids", "alpha"}
 
 
-def _invalid_user_id(user_id: str, max_length: int) -> str | None:
-    """Return why a user id from a URL is invalid, with the same rules as event ids, or None."""
-    if not user_id.strip():
-        return "user_id must not be empty"
-    if len(user_id) > max_length:
-        return f"user_id is {len(user_id)} characters, over the limit of {max_length}"
-    if any(ord(char) < 32 for char in user_id):
-        return "user_id contains control characters"
+def _invalid_user_id(user_id: str, limits: Limits) -> str | None:
+    """Return why a user id from a URL is invalid, by the same rules as event ids, or None."""
+    try:
+        validate_id(user_id, "user_id", limits)
+    except InvalidEvent as exc:
+        return str(exc)
     return None
 
 
 def register_views(worker: "StyleStreamApp") -> None:
     """Add the stylestream endpoints to the worker's Faust web server."""
     app = worker.app
-    max_id_length = worker.settings.max_id_length
+    limits = worker.limits
 
     @app.page("/health")
     async def health(view: View, request: Request) -> Response:
@@ -88,7 +87,7 @@ def register_views(worker: "StyleStreamApp") -> None:
 
     @app.page("/users/{user_id}")
     async def user(view: View, request: Request, user_id: str) -> Response:
-        problem = _invalid_user_id(user_id, max_id_length)
+        problem = _invalid_user_id(user_id, limits)
         if problem:
             return _error(view, 400, "user_id", problem)
         point = await worker.store.call("get_user", user_id)
@@ -101,7 +100,7 @@ def register_views(worker: "StyleStreamApp") -> None:
 
     @app.page("/users/{user_id}/recommendations")
     async def recommendations(view: View, request: Request, user_id: str) -> Response:
-        problem = _invalid_user_id(user_id, max_id_length)
+        problem = _invalid_user_id(user_id, limits)
         if problem:
             return _error(view, 400, "user_id", problem)
         raw_k = request.query.get("k", "10")
@@ -121,7 +120,7 @@ def register_views(worker: "StyleStreamApp") -> None:
     @app.page("/users/{user_id}/rerank")
     class Rerank(View):
         async def post(self, request: Request, user_id: str) -> Response:
-            problem = _invalid_user_id(user_id, max_id_length)
+            problem = _invalid_user_id(user_id, limits)
             if problem:
                 return _error(self, 400, "user_id", problem)
             try:

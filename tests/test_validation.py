@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bad_inputs import BAD_INPUTS
+from bad_inputs import BAD_INPUTS, edit_event
 from stylestream.schemas import json_schema_path
 from stylestream.schemas.validation import (
     PARSERS,
@@ -41,13 +41,7 @@ LIMITS = Limits(deep_dim=3, colors_dim=2, max_results=50, max_message_bytes=4096
 
 
 def _with(topic: str, **changes: object) -> bytes:
-    document = dict(GOOD[topic])
-    for field, value in changes.items():
-        if value is ...:
-            document.pop(field)
-        else:
-            document[field] = value
-    return json.dumps(document).encode()
+    return edit_event(GOOD[topic], **changes)
 
 
 BAD_CASES = [
