@@ -15,6 +15,7 @@ from bad_inputs import BAD_INPUTS, edit_event
 from stylestream.schemas import json_schema_path
 from stylestream.schemas.validation import (
     PARSERS,
+    VALIDATORS,
     InvalidEvent,
     Limits,
     _fast_download,
@@ -24,6 +25,7 @@ from stylestream.schemas.validation import (
     parse_download,
     parse_image,
     parse_search,
+    validate_batch,
 )
 
 NOW = time.time() - 60
@@ -178,3 +180,36 @@ def test_fast_search_path_agrees_with_strict(document: dict) -> None:
     if fast is None:
         return
     assert fast == _strict_search(document, LIMITS)
+
+
+@pytest.mark.parametrize("topic", ["downloads", "searches"])
+def test_batch_validation_matches_per_message(topic: str) -> None:
+    limits = Limits(deep_dim=128, colors_dim=12)
+    good = [(_with(topic, event_id=f"e{n}", user_id=f"u{n % 3}"), f"u{n % 3}".encode()) for n in range(40)]
+    bad = [(raw, None) for kind, raw, _ in BAD_INPUTS if kind == topic]
+    messages = good[:20] + bad + good[20:] + [(good[0][0], b"someone-else"), (None, None), (b"", None)]
+    values, keys = [value for value, _ in messages], [key for _, key in messages]
+
+    batch = validate_batch(topic, values, keys, limits)
+
+    expected_rows, expected_rejections = [], []
+    for row, (value, key) in enumerate(messages):
+        try:
+            expected_rows.append((row, VALIDATORS[topic](value, limits, key)))
+        except InvalidEvent as exc:
+            expected_rejections.append((row, exc.reason, str(exc)))
+    assert batch.rows == [row for row, _ in expected_rows]
+    assert [(row, exc.reason, str(exc)) for row, exc in batch.rejected] == expected_rejections
+    for name, column in batch.columns.items():
+        assert list(column) == [fields[name] for _, fields in expected_rows], name
+
+
+def test_batch_validation_of_valid_batch_uses_columns() -> None:
+    values = [_with("downloads", event_id=f"e{n}") for n in range(100)]
+
+    batch = validate_batch("downloads", values, [b"u1"] * 100, LIMITS)
+
+    assert batch.rows == list(range(100))
+    assert batch.rejected == []
+    assert batch.columns["event_id"] == [f"e{n}" for n in range(100)]
+    assert batch.columns["timestamp"] == [pytest.approx(NOW)] * 100
