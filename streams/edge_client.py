@@ -14,10 +14,12 @@ import fcntl
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
+import numpy as np
 import qdrant_edge as edge
 from qdrant_client import models as qm
 
@@ -131,6 +133,16 @@ class EdgeClient:
 
     def upsert(self, collection_name: str, points: Sequence[qm.PointStruct], wait: bool = True) -> None:
         converted = [edge.Point(str(point.id), list(point.vector), point.payload) for point in points]  # type: ignore[arg-type]
+        if converted:
+            self._shard(collection_name).update(edge.UpdateOperation.upsert_points(converted))
+
+    def upsert_matrix(
+        self, collection_name: str, ids: Sequence[uuid.UUID | str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        """Upsert points with the rows of `vectors` as their vectors, skipping qdrant-client's point models."""
+        # NOTE: Edge 0.9.0 converts each payload value by trying bool, u64, i64 and f64 before str, and
+        # every failed try raises a Python exception; payload conversion bounds replay's write rate.
+        converted = [edge.Point(point_id, vector, payload) for point_id, vector, payload in zip(ids, vectors.tolist(), payloads)]
         if converted:
             self._shard(collection_name).update(edge.UpdateOperation.upsert_points(converted))
 

@@ -1,8 +1,9 @@
 """Replay: rebuild every user's state from the event topics at transport speed.
 
 A replay reads `downloads` and `searches` with a bulk aiokafka consumer, up to the end offsets it
-finds when it starts. It validates each event as the worker does and skips invalid ones, which
-the worker dead-letters. Then it computes the states in one vectorised pass (`models.batch`) and
+finds when it starts. It validates each fetched batch at once (`validate_batch`), with the same
+outcome as the worker's per-event validation, and skips invalid events, which the worker
+dead-letters. Then it computes the states in one vectorised pass (`models.batch`) and
 bulk-upserts the served vectors into the model version's users collection.
 
 Continuity: with `seed_app_id`, the replay hands its result to the live worker of that app id.
@@ -11,7 +12,8 @@ then commits the consumer group's offsets at the replay's end offsets. The worke
 exactly the events after the replay, including those produced while it ran. The group must have
 no running members while it is seeded.
 
-Progress is checkpointed in chunks under `data_dir/replay/`, so an interrupted replay resumes where it stopped.
+Progress is checkpointed in chunks of raw messages under `data_dir/replay/`, so an interrupted replay
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pickle
 import shutil
 import time
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +39,13 @@ from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 from tqdm import tqdm
 
-from stylestream.models.batch import EventLog, build_states
+from stylestream.models.batch import BatchResult, EventLog, build_states
 from stylestream.models.encoder import StyleEncoder
-from stylestream.models.preference import UserState, user_vector
+from stylestream.models.preference import UserState
 from stylestream.schemas.errors import StylestreamError
-from stylestream.schemas.validation import VALIDATORS, InvalidEvent
+from stylestream.schemas.validation import VALIDATORS, InvalidEvent, validate_batch
 from stylestream.streams.kafka_security import kafka_python_options
 from stylestream.streams.settings import Settings
-from stylestream.streams.sink import user_payload
 from stylestream.streams.store import StyleStore
 from stylestream.streams.topics import partition_for
 
@@ -105,16 +107,16 @@ async def _consume(
     Resumes from and appends to the chunks in the `checkpoint` folder. The log is filled in place
     rather than returned, because asyncio may format a coroutine's result for its debug output.
     """
-    positions, invalid = {tp: start for tp, (start, _) in ranges.items()}, 0
-    for chunk_path in sorted(checkpoint.glob("chunk-*.pickle")):
-        chunk = pickle.loads(chunk_path.read_bytes())
-        log_so_far.extend(chunk["log"])
-        invalid += chunk["invalid"]
-        positions.update({TopicPartition(topic, partition): offset for (topic, partition), offset in chunk["positions"].items()})
-    if len(log_so_far) or invalid:
-        log.info("Resuming replay from %s with %d events already read", checkpoint, len(log_so_far) + invalid)
     kinds = {settings.downloads_topic: "downloads", settings.searches_topic: "searches"}
-    partitions = settings.partitions
+    positions, invalid, resumed = {tp: start for tp, (start, _) in ranges.items()}, 0, 0
+    for chunk_path in sorted(checkpoint.glob("raw-chunk-*.pickle")):
+        chunk = pickle.loads(chunk_path.read_bytes())
+        for topic, partition, values, keys, offsets in chunk["batches"]:
+            invalid += _add_batch(log_so_far, kinds[topic], topic, partition, settings.partitions, values, keys, offsets, limits)
+            resumed += len(offsets)
+        positions.update({TopicPartition(topic, partition): offset for (topic, partition), offset in chunk["positions"].items()})
+    if resumed:
+        log.info("Resuming replay from %s with %d events already read", checkpoint, resumed)
     pending = {tp for tp, (_, end) in ranges.items() if positions[tp] < end}
     total = sum(end - start for start, end in ranges.values())
     done = sum(positions[tp] - start for tp, (start, _) in ranges.items())
@@ -124,7 +126,8 @@ async def _consume(
         max_partition_fetch_bytes=16 * 1048576, max_poll_records=50_000,
     )
     await consumer.start()
-    delta, delta_invalid = EventLog(), 0
+    delta: list[tuple[str, int, list[Any], list[Any], list[int]]] = []
+    delta_events = 0
     try:
         consumer.assign(list(pending))
         for tp in pending:
@@ -134,49 +137,59 @@ async def _consume(
                 batches = await consumer.getmany(*pending, timeout_ms=1000, max_records=50_000)
                 for tp, messages in batches.items():
                     end = ranges[tp][1]
-                    kind = kinds[tp.topic]
-                    validate = VALIDATORS[kind]
-                    add = delta.add_download if kind == "downloads" else delta.add_search
-                    source = f"{tp.topic}:{tp.partition}"
-                    taken = 0
-                    for message in messages:
-                        if message.offset >= end:
-                            break
-                        taken += 1
-                        try:
-                            fields = validate(message.value, limits, key=message.key)
-                        except InvalidEvent:
-                            delta_invalid += 1
-                            continue
-                        # The worker dead-letters user events on a partition their key does not map to.
-                        if partition_for(fields["user_id"], partitions) != tp.partition:
-                            delta_invalid += 1
-                            continue
-                        add(fields, source, message.offset)
-                    positions[tp] = messages[-1].offset + 1 if taken == len(messages) else end
+                    taken = messages if messages[-1].offset < end else [message for message in messages if message.offset < end]
+                    values, keys = [message.value for message in taken], [message.key for message in taken]
+                    offsets = [message.offset for message in taken]
+                    invalid += _add_batch(log_so_far, kinds[tp.topic], tp.topic, tp.partition, settings.partitions, values, keys, offsets, limits)
+                    delta.append((tp.topic, tp.partition, values, keys, offsets))
+                    delta_events += len(taken)
+                    positions[tp] = messages[-1].offset + 1 if len(taken) == len(messages) else end
                     if positions[tp] >= end:
                         pending.discard(tp)
                         consumer.pause(tp)
-                    bar.update(taken)
-                    if len(delta) + delta_invalid >= CHECKPOINT_EVERY:
-                        _save_chunk(checkpoint, delta, positions, delta_invalid)
-                        log_so_far.extend(delta)
-                        invalid += delta_invalid
-                        delta, delta_invalid = EventLog(), 0
+                    bar.update(len(taken))
+                    if delta_events >= CHECKPOINT_EVERY:
+                        _save_chunk(checkpoint, delta, positions)
+                        delta, delta_events = [], 0
     finally:
         await consumer.stop()
-    log_so_far.extend(delta)
-    return invalid + delta_invalid
+    return invalid
 
 
-def _save_chunk(folder: Path, events: EventLog, positions: dict[TopicPartition, int], invalid: int) -> None:
-    """Write the events read since the last chunk and the positions after them, atomically."""
+def _add_batch(
+    event_log: EventLog, kind: str, topic: str, partition: int, partitions: int, values: list[Any], keys: list[Any],
+    offsets: list[int], limits: Any,
+) -> int:
+    """Validate the messages of one topic-partition into `event_log`; return the count of invalid ones."""
+    validated = validate_batch(kind, values, keys, limits)
+    columns, rows = validated.columns, validated.rows
+    # The worker dead-letters user events on a partition their key does not map to.
+    owners = list(map(partition_for, columns["user_id"], repeat(partitions)))
+    if owners.count(partition) != len(owners):
+        kept = [index for index, owner in enumerate(owners) if owner == partition]
+        columns = {name: [column[index] for index in kept] for name, column in columns.items()}
+        rows = [rows[index] for index in kept]
+    source = f"{topic}:{partition}"
+    kept_offsets = list(map(offsets.__getitem__, rows))
+    if kind == "downloads":
+        event_log.extend_downloads(columns, source, kept_offsets)
+    else:
+        event_log.extend_searches(columns, source, kept_offsets)
+    return len(values) - len(rows)
+
+
+def _save_chunk(folder: Path, batches: list[tuple[str, int, list[Any], list[Any], list[int]]], positions: dict[TopicPartition, int]) -> None:
+    """Write the messages read since the last chunk, as fetched, and the positions after them, atomically.
+
+    A chunk holds raw messages rather than validated events because they pickle several times
+    faster; a resumed replay validates them again.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    number = len(list(folder.glob("chunk-*.pickle")))
-    saved = {"log": events, "invalid": invalid, "positions": {(tp.topic, tp.partition): offset for tp, offset in positions.items()}}
-    temporary = folder / f"chunk-{number:06d}.tmp"
+    number = len(list(folder.glob("raw-chunk-*.pickle")))
+    saved = {"batches": batches, "positions": {(tp.topic, tp.partition): offset for tp, offset in positions.items()}}
+    temporary = folder / f"raw-chunk-{number:06d}.tmp"
     temporary.write_bytes(pickle.dumps(saved, protocol=pickle.HIGHEST_PROTOCOL))
-    temporary.replace(folder / f"chunk-{number:06d}.pickle")
+    temporary.replace(folder / f"raw-chunk-{number:06d}.pickle")
 
 
 def reencode_images(settings: Settings, encoder: StyleEncoder, store: StyleStore, batch_size: int = 512) -> int:
@@ -228,22 +241,28 @@ def _encode_batch(encoder: StyleEncoder, store: StyleStore, images: list[dict[st
     return len(images)
 
 
-def write_users(store: StyleStore, states: dict[str, UserState], model_version: str) -> int:
-    """Upsert the served vector of every state with a vector, in batches; return how many were written."""
+def write_users(store: StyleStore, batch: BatchResult, model_version: str) -> int:
+    """Upsert the served vector of every user with one, in batches; return how many were written."""
     now = time.time()
-    batch: list[tuple[str, np.ndarray, dict[str, Any]]] = []
-    written = 0
-    for user_id, state in states.items():
-        vector = user_vector(state)
-        if vector is None:
-            continue
-        batch.append((user_id, vector, user_payload(state, model_version, now)))
-        if len(batch) >= UPSERT_BATCH:
-            store.upsert_users(batch)
-            written += len(batch)
-            batch = []
-    store.upsert_users(batch)
-    return written + len(batch)
+    rows, vectors = batch.served_vectors()
+    vectors = vectors.astype(np.float32)
+    for start in range(0, len(rows), UPSERT_BATCH):
+        chunk = rows[start:start + UPSERT_BATCH].tolist()
+        user_ids = [batch.users[row] for row in chunk]
+        store.upsert_user_matrix(user_ids, vectors[start:start + UPSERT_BATCH], user_payloads(batch, chunk, model_version, now))
+    return len(rows)
+
+
+def user_payloads(batch: BatchResult, rows: list[int], model_version: str, updated_at: float) -> list[dict[str, Any]]:
+    """Return the Qdrant payloads of the users in `rows`, equal to `user_payload` of their states."""
+    counts, last_times = batch.event_counts[rows].tolist(), batch.last_event_times[rows].tolist()
+    return [
+        {
+            "user_id": batch.users[row], "event_count": count, "last_event_time": last_time, "model_version": model_version,
+            "updated_at": updated_at, "recent_downloads": [image_id for _, image_id in batch.recent[row]],
+        }
+        for row, count, last_time in zip(rows, counts, last_times)
+    ]
 
 
 def _ensure_compacted_topic(admin: KafkaAdminClient, name: str, partitions: int, replication: int) -> None:
@@ -359,8 +378,8 @@ def run_replay(
 
     # Step 3: served vectors and popularity.
     computed_at = time.monotonic()
-    result.users = len(batch.states)
-    result.users_with_vectors = write_users(target, batch.states, encoder.model_version)
+    result.users = len(batch.users)
+    result.users_with_vectors = write_users(target, batch, encoder.model_version)
     target.set_download_counts(batch.download_counts)
     result.event_seconds = time.monotonic() - events_started
     log.info(

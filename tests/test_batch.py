@@ -6,7 +6,9 @@ import numpy as np
 from hypothesis import given, settings
 
 from stylestream.models.batch import EventLog, build_states
-from stylestream.models.preference import PreferenceParams, user_vector
+from stylestream.models.preference import PreferenceParams, SearchLink, user_vector
+from stylestream.streams.replay import user_payloads
+from stylestream.streams.sink import user_payload
 from test_preference import DIM, _apply, streams
 
 
@@ -28,9 +30,14 @@ def test_batch_matches_incremental_updates(case: tuple[list[tuple[str, dict]], d
     params = PreferenceParams(impression_weight=0.1, half_life_days=10.0)
     incremental = _apply(events, vectors, params)
 
-    batch = build_states(_log(events), vectors, params, DIM).states
+    result = build_states(_log(events), vectors, params, DIM)
+    batch = result.states
 
     assert batch.keys() == incremental.keys()
+    served_rows, served = result.served_vectors()
+    for row, vector in zip(served_rows.tolist(), served):
+        assert np.max(np.abs(vector - user_vector(batch[result.users[row]]))) <= 1e-12
+    assert len(served_rows) == sum(user_vector(state) is not None for state in batch.values())
     for user, state in incremental.items():
         expected, actual = user_vector(state), user_vector(batch[user])
         assert (expected is None) == (actual is None), user
@@ -64,3 +71,34 @@ def test_unknown_image_download_is_dropped() -> None:
     log.add_download({"event_id": "e1", "user_id": "u", "image_id": "missing", "timestamp": 10.0}, "downloads:0", 0)
 
     assert build_states(log, {"a": np.array([1.0, 0.0])}, PreferenceParams(), 2).states == {}
+
+
+def test_hand_over_bookkeeping() -> None:
+    log = EventLog()
+    log.add_search({"event_id": "e1", "user_id": "u", "search_id": "s1", "timestamp": 10.0, "results": ["a", "b", "gone"]}, "searches:0", 4)
+    log.add_search({"event_id": "e2", "user_id": "u", "search_id": "s1", "timestamp": 30.0, "results": ["b"]}, "searches:0", 9)
+    log.add_download({"event_id": "e3", "user_id": "u", "image_id": "a", "timestamp": 20.0, "search_id": "s1"}, "downloads:1", 2)
+    log.add_download({"event_id": "e4", "user_id": "u", "image_id": "a", "timestamp": 25.0, "search_id": "s1"}, "downloads:1", 7)
+    log.add_download({"event_id": "e5", "user_id": "u", "image_id": "b", "timestamp": 5.0, "search_id": "s0"}, "downloads:1", 8)
+    vectors = {"a": np.array([1.0, 0.0]), "b": np.array([0.0, 1.0])}
+
+    state = build_states(log, vectors, PreferenceParams(), 2).states["u"]
+
+    assert list(state.searches) == ["s0", "s1"]
+    assert state.searches["s0"] == SearchLink(None, None, ["b"])
+    assert state.searches["s1"] == SearchLink(10.0, ["a", "b"], ["a"])
+    assert state.applied_offsets == {"searches:0": 9, "downloads:1": 8}
+    assert state.recent_event_ids == ["e1", "e2", "e3", "e4", "e5"]
+    assert state.recent_downloads == [(25.0, "a"), (5.0, "b")]
+    assert state.event_count == 5
+
+
+def test_replay_payload_equals_sink_payload() -> None:
+    log = EventLog()
+    for offset, (user, image) in enumerate([("u1", "a"), ("u2", "b"), ("u1", "b"), ("u3", "missing")]):
+        log.add_download({"event_id": f"e{offset}", "user_id": user, "image_id": image, "timestamp": 10.0 + offset}, "downloads:0", offset)
+    batch = build_states(log, {"a": np.array([1.0, 0.0]), "b": np.array([0.0, 1.0])}, PreferenceParams(), 2)
+
+    payloads = user_payloads(batch, list(range(len(batch.users))), "v1", 99.0)
+
+    assert payloads == [user_payload(batch.states[user], "v1", 99.0) for user in batch.users]
