@@ -67,6 +67,14 @@ def produce_slowly(bootstrap: str, settings: Settings, marketplace: Marketplace,
     producer.close()
 
 
+def count_user_events(marketplace: Marketplace) -> dict[str, int]:
+    """Return each user's number of downloads and searches in `marketplace`."""
+    counts: dict[str, int] = {}
+    for event in marketplace.downloads + marketplace.searches:
+        counts[event["user_id"]] = counts.get(event["user_id"], 0) + 1
+    return counts
+
+
 def liveness_failed(worker: WorkerProcess) -> bool:
     """Return True when the worker's liveness check fails because a partition stopped progressing."""
     try:
@@ -133,9 +141,7 @@ def run_crash_trial(kafka: EmbeddedKafka, data_dir: Path, marketplace: Marketpla
     finally:
         store.close()
     expected = reference_vectors(marketplace.downloads, marketplace.searches, image_vectors)
-    events_per_user: dict[str, int] = {}
-    for event in marketplace.downloads + marketplace.searches:
-        events_per_user[event["user_id"]] = events_per_user.get(event["user_id"], 0) + 1
+    events_per_user = count_user_events(marketplace)
 
     lost = sorted(user for user in expected if stored.get(user) is None)
     differences = [float(np.max(np.abs(stored[user].vector - vector))) for user, vector in expected.items() if stored.get(user) is not None]
