@@ -7,6 +7,11 @@ downloads 1-3 of them, mostly ones by a preferred creator. The last projects of 
 held out: no events are written for them, so their keywords were never searched, and they measure
 whether the learned preference carries over to a new subject.
 
+A held-out keyword has at least `min_held_out_preferred` drawings by a preferred creator that the
+creative did not download (a recommender leaves downloads out). With the default of 10, a perfect
+top-10 ranking of every held-out keyword is all by preferred creators, so the best possible
+creator-style match at 10 is 1. This favours creatives whose creators drew many subjects.
+
 Events have the shapes of `stylestream.models.simulation`: searches with `results`, downloads with
 the `search_id` they came from.
 """
@@ -31,7 +36,11 @@ class SimulationError(StylestreamError):
 
 @dataclass(frozen=True)
 class CreativeConfig:
-    """Size and behaviour of the simulated creatives."""
+    """Size and behaviour of the simulated creatives.
+
+    `user_prefix` starts every user id, so creatives simulated with another seed for training can
+    share a log with the evaluated ones without merging users.
+    """
 
     creatives: int = 150
     creators_per_creative: tuple[int, int] = (1, 3)
@@ -44,10 +53,11 @@ class CreativeConfig:
     preferred_download_rate: float = 0.9
     min_keyword_drawings: int = 10
     min_preferred_drawings: int = 3
-    min_held_out_preferred: int = 5
+    min_held_out_preferred: int = 10
     preferred_share: tuple[float, float] = (0.05, 0.8)
     days: float = 60.0
     seed: int = 11
+    user_prefix: str = "creative"
 
 
 @dataclass
@@ -105,6 +115,10 @@ class _Index:
                     self.creator_keywords[entry["creator"]][keyword] += 1
         drawings = Counter(creator for creator in self.creator.values() if creator)
         self.drawings = drawings
+
+    def preferred_drawings(self, keyword: str, creators: list[str], excluded: set[str]) -> int:
+        """Count the drawings with `keyword` by one of `creators`, leaving out `excluded` ids."""
+        return sum(self.creator[image] in creators for image in self.by_keyword[keyword] if image not in excluded)
 
     def project_keywords(self, creators: list[str], config: CreativeConfig, minimum: int) -> list[str]:
         """Return the keywords a creative preferring `creators` can work on, sorted."""
@@ -191,13 +205,8 @@ def simulate_creatives(catalogue: list[dict[str, Any]], config: CreativeConfig =
             continue
 
         projects, held_out = picked
-        user_id = f"creative-{len(market.user_creators):04d}"
-        market.user_creators[user_id] = creators
-        market.user_projects[user_id] = projects
-        market.held_out[user_id] = held_out
-        for keyword in held_out:
-            market.keyword_images[keyword] = list(index.by_keyword[keyword])
-
+        user_id = f"{config.user_prefix}-{len(market.user_creators):04d}"
+        searches_before, downloads_before = len(market.searches), len(market.downloads)
         clock = start + rng.uniform(0, 0.2) * (end_time - start)
         span = (end_time - clock) / (len(projects) + 1)
         for keyword in projects:
@@ -205,4 +214,17 @@ def simulate_creatives(catalogue: list[dict[str, Any]], config: CreativeConfig =
                 clock += rng.uniform(0.02, 0.15) * span / 4
                 _simulate_search(market, index, user_id, keyword, creators, clock, config, rng)
             clock += span * rng.uniform(0.3, 0.8)
+
+        # Downloads in the trained projects can carry a held-out keyword too. Drop the creative when
+        # they leave a held-out keyword with too few preferred drawings to recommend.
+        downloaded = {event["image_id"] for event in market.downloads[downloads_before:]}
+        if any(index.preferred_drawings(keyword, creators, downloaded) < config.min_held_out_preferred for keyword in held_out):
+            del market.searches[searches_before:]
+            del market.downloads[downloads_before:]
+            continue
+        market.user_creators[user_id] = creators
+        market.user_projects[user_id] = projects
+        market.held_out[user_id] = held_out
+        for keyword in held_out:
+            market.keyword_images[keyword] = list(index.by_keyword[keyword])
     return market
