@@ -4,6 +4,13 @@ The loss is InfoNCE with in-batch negatives, as in "Learning Users' Preferred Vi
 Image Marketplace" (Gomez Bruballa et al., ACM RecSys 2022). A positive pair is two images that one
 user downloaded under different searches or with different categories. A creative changes subject
 between projects but keeps a style, so such pairs share the user's style more often than a subject.
+
+With searches and `search_batch_size` > 0, a search ranking loss is added. For a search that led to
+a download, the user's profile is the normalised mean of their downloads under other searches, as
+the served user vector is a weighted mean of downloads. The loss is the softmax cross-entropy of the
+downloaded results among all results of that search, scored by the profile. Every result of a
+search shares its subject, so this loss rewards telling styles apart within one subject, which
+in-batch negatives of other subjects do not.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from tqdm import tqdm
 from stylestream.models.encoder import EncoderConfig, StyleEncoder, untrained_encoder
 from stylestream.models.features import FeatureSchema, build_batch
 from stylestream.schemas.errors import StylestreamError
-from stylestream.schemas.events import Download, Image
+from stylestream.schemas.events import Download, Image, Search
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,9 @@ class TrainingConfig:
     weight_decay: float = 1e-5
     seed: int = 0
     pairing: str = "search_or_category"
+    search_batch_size: int = 0
+    ranking_weight: float = 1.0
+    profile_size: int = 16
     device: str | None = None
 
     def __post_init__(self) -> None:
@@ -62,6 +72,12 @@ class TrainingConfig:
             raise TrainingError(f"pairing must be one of {', '.join(PAIRINGS)}, got {self.pairing!r}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise TrainingError(f"learning rate must be a positive number, got {self.learning_rate!r}")
+        if self.search_batch_size < 0:
+            raise TrainingError(f"search batch size must be 0 (no ranking loss) or positive, got {self.search_batch_size}")
+        if not (self.ranking_weight >= 0 and math.isfinite(self.ranking_weight)):
+            raise TrainingError(f"ranking weight must be zero or positive, got {self.ranking_weight!r}")
+        if self.profile_size < 1:
+            raise TrainingError(f"profile size must be at least 1, got {self.profile_size}")
 
 
 @dataclass
@@ -134,6 +150,67 @@ class PairSampler:
         return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
+@dataclass
+class RankedSearch:
+    """Image positions of one search: its results, the results downloaded, and the user's other downloads."""
+
+    results: list[int]
+    downloaded: list[int]
+    profile: list[int]
+
+
+class SearchSampler:
+    """Draw searches that led to a download, each with a profile from the user's other searches."""
+
+    def __init__(self, images: list[Image], downloads: list[Download], searches: list[Search]) -> None:
+        index = {image.image_id: position for position, image in enumerate(images)}
+        by_search: dict[tuple[str, str], set[int]] = {}
+        by_user: dict[str, list[tuple[str, int]]] = {}
+        for event in downloads:
+            position = index.get(event.image_id)
+            if position is None or event.search_id is None:
+                continue
+            by_search.setdefault((event.user_id, event.search_id), set()).add(position)
+            by_user.setdefault(event.user_id, []).append((event.search_id, position))
+        self.searches: list[RankedSearch] = []
+        for search in sorted(searches, key=lambda s: (s.user_id, s.timestamp, s.event_id)):
+            results = list(dict.fromkeys(index[image_id] for image_id in search.results if image_id in index))
+            downloaded = sorted(by_search.get((search.user_id, search.search_id), set()) & set(results))
+            profile = sorted({position for search_id, position in by_user.get(search.user_id, []) if search_id != search.search_id})
+            # A search where every result was downloaded has nothing to rank against.
+            if downloaded and profile and len(downloaded) < len(results):
+                self.searches.append(RankedSearch(results, downloaded, profile))
+
+    def sample(self, rng: np.random.Generator, count: int, profile_size: int) -> list[RankedSearch]:
+        """Return `count` random searches, each profile cut to at most `profile_size` random downloads."""
+        chosen = []
+        for number in rng.integers(0, len(self.searches), size=count):
+            search = self.searches[number]
+            profile = search.profile
+            if len(profile) > profile_size:
+                profile = sorted(rng.choice(profile, size=profile_size, replace=False).tolist())
+            chosen.append(RankedSearch(search.results, search.downloaded, profile))
+        return chosen
+
+
+def search_ranking_loss(vectors: torch.Tensor, batch: list[RankedSearch], temperature: float) -> torch.Tensor:
+    """Compute the mean cross-entropy of each search's downloaded results among its results.
+
+    `vectors` holds, per search in order, its profile rows and then its result rows. A result is
+    scored by its dot product with the normalised mean of the profile rows, divided by `temperature`.
+    """
+    losses = []
+    start = 0
+    for search in batch:
+        profile = vectors[start:start + len(search.profile)]
+        results = vectors[start + len(search.profile):start + len(search.profile) + len(search.results)]
+        start += len(search.profile) + len(search.results)
+        scores = results @ F.normalize(profile.mean(dim=0), dim=0) / temperature
+        target = torch.tensor([position in search.downloaded for position in search.results], device=scores.device)
+        losses.append(torch.logsumexp(scores, dim=0) - torch.logsumexp(scores[target], dim=0))
+    return torch.stack(losses).mean()
+
+
 def info_nce(anchors: torch.Tensor, partners: torch.Tensor, anchor_ids: torch.Tensor, partner_ids: torch.Tensor, temperature: float) -> torch.Tensor:
     """Compute symmetric InfoNCE over in-batch negatives for unit vectors.
 
@@ -155,11 +232,14 @@ def train_encoder(
     config: TrainingConfig = TrainingConfig(),
     progress: bool = True,
     encoder_config: EncoderConfig = EncoderConfig(),
+    searches: list[Search] | None = None,
 ) -> TrainingResult:
     """Fit a StyleEncoder with InfoNCE on positive pairs from `downloads`, starting from the untrained encoder.
 
-    The feature schema follows the images' deep and colour dimensions, and `encoder_config` sets the
-    layer sizes and feature weights. With a fixed seed the result is deterministic on CPU.
+    With `config.search_batch_size` > 0, `searches` (those the downloads came from) add the search
+    ranking loss described above. The feature schema follows the images' deep and colour dimensions,
+    and `encoder_config` sets the layer sizes and feature weights. With a fixed seed the result is
+    deterministic on CPU.
     """
     if not images:
         raise TrainingError("no images to train on; pass the catalogue's images events")
@@ -169,6 +249,14 @@ def train_encoder(
             f"only {len(sampler.anchors)} downloads belong to users with two or more downloads; "
             f"lower the batch size ({config.batch_size}) or provide more downloads"
         )
+    search_sampler = None
+    if config.search_batch_size:
+        search_sampler = SearchSampler(images, downloads, searches or [])
+        if not search_sampler.searches:
+            raise TrainingError(
+                "the search ranking loss needs searches that led to a download by a user with downloads under other "
+                "searches; pass those searches or set search_batch_size to 0"
+            )
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # NOTE: CUDA embedding-bag gradients use atomic adds, so only CPU training is bit-for-bit reproducible.
     torch.manual_seed(config.seed)
@@ -194,6 +282,10 @@ def train_encoder(
             batch = pairs[step * config.batch_size:(step + 1) * config.batch_size]
             ids = torch.from_numpy(batch).to(device)
             loss = info_nce(encoder(features(batch[:, 0])), encoder(features(batch[:, 1])), ids[:, 0], ids[:, 1], config.temperature)
+            if search_sampler is not None:
+                ranked = search_sampler.sample(rng, config.search_batch_size, config.profile_size)
+                positions = np.asarray([p for search in ranked for p in (*search.profile, *search.results)], dtype=np.int64)
+                loss = loss + config.ranking_weight * search_ranking_loss(encoder(features(positions)), ranked, config.temperature)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -13,15 +13,18 @@ from stylestream.models.encoder import EncoderConfig, StyleEncoder
 from stylestream.models.simulation import SimulationConfig, simulate
 from stylestream.models.training import (
     PairSampler,
+    RankedSearch,
+    SearchSampler,
     TrainingConfig,
     TrainingError,
     fingerprint,
     info_nce,
     plot_loss_curve,
     save_checkpoint,
+    search_ranking_loss,
     train_encoder,
 )
-from stylestream.schemas.events import Download, Image
+from stylestream.schemas.events import Download, Image, Search
 
 
 def _image(image_id: str, category: str) -> Image:
@@ -32,12 +35,22 @@ def _download(number: int, image_id: str, search_id: str | None, user: str = "u"
     return Download(event_id=f"d{number}", user_id=user, image_id=image_id, timestamp=float(number), search_id=search_id)
 
 
+def _search(search_id: str, results: list[str], user: str = "u") -> Search:
+    return Search(event_id=f"e-{search_id}", user_id=user, search_id=search_id, query="q", timestamp=0.0, results=results)
+
+
 @pytest.fixture(scope="module")
 def small_log() -> tuple[list[Image], list[Download]]:
     marketplace = simulate(SimulationConfig(images=200, users=30, seed=3), end_time=1.7e9)
     images = [Image(**{k: v for k, v in image.items()}) for image in marketplace.images]
     downloads = [Download(**download) for download in marketplace.downloads]
     return images, downloads
+
+
+@pytest.fixture(scope="module")
+def small_searches() -> list[Search]:
+    marketplace = simulate(SimulationConfig(images=200, users=30, seed=3), end_time=1.7e9)
+    return [Search(**search) for search in marketplace.searches]
 
 
 def test_info_nce_identical_vectors_is_log_batch() -> None:
@@ -90,6 +103,49 @@ def test_pairs_stay_within_user() -> None:
     assert PairSampler(images, downloads).epoch_pairs(np.random.default_rng(0)).shape == (0, 2)
 
 
+def test_search_sampler_profiles_other_searches() -> None:
+    images = [_image(name, "c1") for name in "abcde"]
+    downloads = [_download(0, "a", "s1"), _download(1, "c", "s2"), _download(2, "e", "s3", user="v")]
+    searches = [_search("s1", ["a", "b"]), _search("s2", ["c", "d", "a"]), _search("s3", ["e", "d"], user="v")]
+
+    sampler = SearchSampler(images, downloads, searches)
+
+    # User v has no download under another search, so s3 has no profile and is left out.
+    assert sampler.searches == [RankedSearch([0, 1], [0], [2]), RankedSearch([2, 3, 0], [2], [0])]
+
+
+def test_search_sampler_cuts_profiles() -> None:
+    images = [_image(name, "c1") for name in "abcdef"]
+    downloads = [_download(number, name, f"s{number}") for number, name in enumerate("abcde")]
+    searches = [_search("s0", ["a", "f"])]
+
+    sampled = SearchSampler(images, downloads, searches).sample(np.random.default_rng(0), 3, profile_size=2)
+
+    assert len(sampled) == 3
+    for search in sampled:
+        assert len(search.profile) == 2
+        assert set(search.profile) <= {1, 2, 3, 4}
+
+
+def test_search_ranking_loss_hand_case() -> None:
+    # Profile (1, 0); results score 1 (downloaded) and 0 at temperature 1: loss log(1 + e^-1).
+    vectors = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+
+    loss = search_ranking_loss(vectors, [RankedSearch([5, 6], [5], [9])], temperature=1.0)
+
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-5)
+
+
+def test_search_ranking_loss_counts_every_download() -> None:
+    # Two downloaded results of three: -log((e^1 + e^0) / (e^1 + e^0 + e^0)).
+    vectors = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+
+    loss = search_ranking_loss(vectors, [RankedSearch([5, 6, 7], [5, 6], [9])], temperature=1.0)
+
+    expected = -math.log((math.e + 1) / (math.e + 2))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_fingerprint_ignores_order() -> None:
     images = [_image("a", "c1"), _image("b", "c2")]
     downloads = [_download(0, "a", "s1"), _download(1, "b", "s2")]
@@ -103,6 +159,10 @@ def test_config_rejects_bad_values() -> None:
         TrainingConfig(temperature=-1)
     with pytest.raises(TrainingError, match="subject"):
         TrainingConfig(pairing="subject")
+    with pytest.raises(TrainingError, match="search batch size"):
+        TrainingConfig(search_batch_size=-1)
+    with pytest.raises(TrainingError, match="ranking weight"):
+        TrainingConfig(ranking_weight=float("nan"))
 
 
 def test_training_lowers_loss(small_log: tuple[list[Image], list[Download]], tmp_path: Path) -> None:
@@ -125,6 +185,25 @@ def test_training_lowers_loss(small_log: tuple[list[Image], list[Download]], tmp
     assert extra["trained_until"] == max(d.timestamp for d in downloads)
     plot_loss_curve(result, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_ranking_loss_training_lowers_loss(small_log: tuple[list[Image], list[Download]], small_searches: list[Search]) -> None:
+    images, downloads = small_log
+    config = TrainingConfig(batch_size=64, epochs=3, seed=1, search_batch_size=16, device="cpu")
+
+    result = train_encoder(images, downloads, config, progress=False, searches=small_searches)
+    plain = train_encoder(images, downloads, TrainingConfig(batch_size=64, epochs=3, seed=1, device="cpu"), progress=False)
+
+    assert result.epoch_losses[-1] < result.epoch_losses[0] - 0.05
+    # The ranking term adds to InfoNCE, so the combined loss is above InfoNCE alone.
+    assert result.epoch_losses[0] > plain.epoch_losses[0]
+
+
+def test_ranking_loss_needs_searches(small_log: tuple[list[Image], list[Download]]) -> None:
+    images, downloads = small_log
+
+    with pytest.raises(TrainingError, match="searches"):
+        train_encoder(images, downloads, TrainingConfig(batch_size=64, search_batch_size=16), progress=False)
 
 
 def test_training_rejects_tiny_logs() -> None:
