@@ -89,11 +89,15 @@ def datasets() -> None:
 @click.option("--end-time", type=float, help="Epoch seconds of the creatives' last events; default: an hour ago. Fix it for reproducible events.")
 @click.option("--creatives", type=int, default=150, show_default=True, help="Number of simulated creatives.")
 @click.option("--seed", type=int, default=11, show_default=True, help="Seed of the creative simulation.")
+@click.option("--training-creatives", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also simulate this many creatives with --training-seed into OUT/training-creatives, only to train on.")
+@click.option("--training-seed", type=int, default=23, show_default=True, help="Seed of the training creatives; keep it apart from --seed.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass of the CNN.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures as JSON.")
 def openclipart(
     source: Path | None, cache: Path, out_dir: Path, catalogue_only: bool, events_only: bool, model_path: Path | None,
-    end_time: float | None, creatives: int, seed: int, batch_size: int, json_path: Path | None,
+    end_time: float | None, creatives: int, seed: int, training_creatives: int, training_seed: int, batch_size: int,
+    json_path: Path | None,
 ) -> None:
     """Build the openclipart catalogue, featurize it, simulate creatives, stream them and evaluate."""
     from stylestream.models.datasets.openclipart import fetch_packages, write_catalogue
@@ -110,6 +114,11 @@ def openclipart(
     from stylestream.streams.openclipart_run import ensure_features, run_openclipart, simulate_events, write_figures
 
     config = CreativeConfig(creatives=creatives, seed=seed)
+    if training_creatives:
+        if training_seed == seed:
+            raise click.BadParameter("must differ from --seed, so no evaluated creative is trained on", param_hint="--training-seed")
+        training_config = CreativeConfig(creatives=training_creatives, seed=training_seed, user_prefix="trainer")
+        simulate_events(out_dir, training_config, end_time, folder="training-creatives")
     if events_only:
         ensure_features(out_dir, batch_size)
         simulate_events(out_dir, config, end_time)

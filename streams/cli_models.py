@@ -82,28 +82,51 @@ def load_events(options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
               help="Weight of the category block in the encoder input; 0 leaves categories out.")
 @click.option("--keywords-weight", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="Weight of the keyword block in the encoder input; 0 leaves keywords out.")
+@click.option("--search-batch-size", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Searches per step for the search ranking loss; 0 trains with InfoNCE alone.")
+@click.option("--ranking-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Weight of the search ranking loss next to InfoNCE.")
+@click.option("--extra-events", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
+              help="Folder with searches.jsonl and downloads.jsonl of other users to train on as well; repeatable. Their user "
+                   "ids must differ from the log's. Only events before the held-out part's cutoff are used.")
 @click.option("--device", help="Torch device; default CUDA when available, else CPU.")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), help="Folder for loss.png.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(checkpoint: Path, temperature: float, batch_size: int, epochs: int, learning_rate: float, pairing: str, seed: int,
-          style_dim: int, categories_weight: float, keywords_weight: float, device: str | None, plots: Path | None,
-          no_progress: bool, **options: Any) -> None:
+          style_dim: int, categories_weight: float, keywords_weight: float, search_batch_size: int, ranking_weight: float,
+          extra_events: tuple[Path, ...], device: str | None, plots: Path | None, no_progress: bool, **options: Any) -> None:
     """Train the style encoder with InfoNCE on the downloads before the held-out part of the log."""
     from stylestream.models.encoder import EncoderConfig
-    from stylestream.models.evaluation import temporal_split
+    from stylestream.models.evaluation import read_jsonl, temporal_split
     from stylestream.models.training import TrainingConfig, plot_loss_curve, save_checkpoint, train_encoder
     from stylestream.streams.cli import configure_logging
 
     configure_logging("WARNING" if not no_progress else "INFO")
     events, source = load_events(options)
-    downloads = events.downloads
+    searches, downloads = events.searches, events.downloads
     fraction = options["holdout_fraction"]
+    cutoff = float("inf")
     if fraction > 0:
-        downloads = temporal_split(events.searches, events.downloads, fraction).train_downloads
+        split = temporal_split(events.searches, events.downloads, fraction)
+        searches, downloads, cutoff = split.train_searches, split.train_downloads, split.cutoff
+    log_users = {event.user_id for event in [*events.searches, *events.downloads]}
+    for folder in extra_events:
+        extra_searches = read_jsonl(folder / "searches.jsonl", "searches")
+        extra_downloads = read_jsonl(folder / "downloads.jsonl", "downloads")
+        shared = log_users & {event.user_id for event in [*extra_searches, *extra_downloads]}
+        if shared:
+            raise click.BadParameter(f"{folder} shares {len(shared)} user ids with the log, e.g. {sorted(shared)[0]!r}. "
+                                     "Simulate the extra users with another user id prefix.", param_hint="--extra-events")
+        searches = searches + [event for event in extra_searches if event.timestamp < cutoff]
+        downloads = downloads + [event for event in extra_downloads if event.timestamp < cutoff]
+    if extra_events:
+        source["extra_events"] = [str(folder) for folder in extra_events]
     config = TrainingConfig(temperature=temperature, batch_size=batch_size, epochs=epochs, learning_rate=learning_rate,
-                            seed=seed, pairing=pairing, device=device)
+                            seed=seed, pairing=pairing, search_batch_size=search_batch_size, ranking_weight=ranking_weight,
+                            device=device)
     encoder_config = EncoderConfig(style_dim=style_dim, categories_weight=categories_weight, keywords_weight=keywords_weight)
-    result = train_encoder(events.images, downloads, config, progress=not no_progress, encoder_config=encoder_config)
+    result = train_encoder(events.images, downloads, config, progress=not no_progress, encoder_config=encoder_config,
+                           searches=searches)
     save_checkpoint(result, checkpoint, extra={"holdout_fraction": fraction, "source": source})
     click.echo(f"Wrote {result.encoder.model_version} to {checkpoint} ({checkpoint.stat().st_size / 1e6:.1f} MB); "
                f"loss {result.epoch_losses[0]:.3f} -> {result.epoch_losses[-1]:.3f}")

@@ -7,6 +7,8 @@ Output folder layout (`out_dir`):
 - `encoder.pt`: the untrained style encoder for 1280-d deep and COLORS_DIM colour features, used
   when no checkpoint is given;
 - `creatives/`: searches.jsonl, downloads.jsonl and truth.json;
+- `training-creatives/`: the same files for creatives simulated with another seed, only to train
+  the encoder on (written with `--training-creatives`);
 - `run/`: Kafka, worker and embedded Qdrant store of the last run (emptied at each run);
 - `recommendations.json`: each creative's top 10, unfiltered and per held-out project;
 - `figures.json`: the evaluation figures, read by `stylestream report`.
@@ -72,11 +74,13 @@ def check_encoder(path: Path) -> str:
     return encoder.model_version
 
 
-def simulate_events(out_dir: Path, config: CreativeConfig = CreativeConfig(), end_time: float | None = None) -> tuple[CreativeMarket, dict[str, Path]]:
-    """Simulate the creatives on the catalogue in `out_dir` and write their events to `out_dir/creatives`."""
+def simulate_events(
+    out_dir: Path, config: CreativeConfig = CreativeConfig(), end_time: float | None = None, folder: str = "creatives"
+) -> tuple[CreativeMarket, dict[str, Path]]:
+    """Simulate the creatives on the catalogue in `out_dir` and write their events to `out_dir/folder`."""
     market = simulate_creatives(read_catalogue(out_dir / "catalogue.jsonl"), config, end_time)
-    paths = market.write(out_dir / "creatives")
-    print(f"Simulated {len(market.user_creators)} creatives: {market.event_count} events -> {out_dir / 'creatives'}", flush=True)
+    paths = market.write(out_dir / folder)
+    print(f"Simulated {len(market.user_creators)} creatives: {market.event_count} events -> {out_dir / folder}", flush=True)
     return market, paths
 
 

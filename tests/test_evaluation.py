@@ -155,3 +155,42 @@ def test_evaluate_command_writes_reports(tmp_path: Path) -> None:
     assert "| popularity |" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "plots" / "metrics.png").stat().st_size > 0
     assert (tmp_path / "plots" / "acc_at_k.png").stat().st_size > 0
+
+
+def test_train_command_adds_extra_events(tmp_path: Path) -> None:
+    from stylestream.models.simulation import SimulationConfig, simulate
+
+    events = tmp_path / "events"
+    extra = tmp_path / "extra"
+    simulate(SimulationConfig(images=300, users=40, seed=5), end_time=1.7e9).write(events)
+    other = simulate(SimulationConfig(images=300, users=20, seed=5), end_time=1.7e9)
+    for download in other.downloads:
+        download["user_id"] = "extra-" + download["user_id"]
+    for search in other.searches:
+        search["user_id"] = "extra-" + search["user_id"]
+    other.write(extra)
+    checkpoint = tmp_path / "encoder.pt"
+    arguments = ["train", "--events", str(events), "--extra-events", str(extra), "--checkpoint", str(checkpoint),
+                 "--batch-size", "32", "--epochs", "1", "--search-batch-size", "8", "--no-progress"]
+
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code == 0, result.output
+    from stylestream.streams.cli_models import checkpoint_metadata
+
+    assert checkpoint_metadata(checkpoint)["source"]["extra_events"] == [str(extra)]
+
+
+def test_train_command_rejects_shared_users(tmp_path: Path) -> None:
+    from stylestream.models.simulation import SimulationConfig, simulate
+
+    events = tmp_path / "events"
+    simulate(SimulationConfig(images=300, users=40, seed=5), end_time=1.7e9).write(events)
+    arguments = ["train", "--events", str(events), "--extra-events", str(events), "--checkpoint", str(tmp_path / "encoder.pt"),
+                 "--batch-size", "32", "--epochs", "1", "--no-progress"]
+
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code != 0
+    assert "shares" in result.output
+    assert not (tmp_path / "encoder.pt").exists()
