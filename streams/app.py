@@ -21,6 +21,7 @@ from stylestream.streams.dlq import DeadLetters
 from stylestream.streams.images import ImageIndexer, ImageVectorCache
 from stylestream.streams.kafka_security import faust_credentials, kafka_python_options
 from stylestream.streams.lag import StallDetector, consumer_lag
+from stylestream.streams.ordering import OffsetGuard, RecordLookup
 from stylestream.streams.processor import StateCache, UserProcessor
 from stylestream.streams.settings import Settings
 from stylestream.streams.sink import UserSink
@@ -53,9 +54,12 @@ class StyleStreamApp:
         self.limits: Limits = settings.limits(self.encoder.schema.deep_dim, self.encoder.schema.colors_dim)
         self.app = self._build_app()
         # Offsets are committed only after the changelog records of the events they cover are sent,
-        # and a recovering worker resumes every partition at its committed offset.
+        # a recovering worker resumes every partition at its committed offset, and each partition
+        # is applied in offset order.
         install_buffer_drain(self.app)
-        install_committed_seek(self.app)
+        user_topics = {settings.downloads_topic, settings.searches_topic}
+        self.offset_guard = OffsetGuard(self.app, user_topics, RecordLookup(settings.bootstrap_servers, kafka_python_options(settings)))
+        install_committed_seek(self.app, user_topics, on_seek=self.offset_guard.set_position)
         self._declare_topology()
 
     def _build_app(self) -> faust.App:
@@ -160,8 +164,10 @@ class StyleStreamApp:
     def _user_agent(self, topic: str, handler: Callable[..., Any]) -> Callable[..., Any]:
         async def agent(stream: faust.StreamT) -> None:
             async for event in stream.events():
-                await self.sink.wait_for_capacity()
                 message = event.message
+                if not await self.offset_guard.admit(message):
+                    continue
+                await self.sink.wait_for_capacity()
                 self.stats.consumed[topic] += 1
                 source = f"{message.topic}:{message.partition}"
                 try:

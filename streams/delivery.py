@@ -88,24 +88,39 @@ def install_buffer_drain(app: faust.App) -> BufferDrain:
     return drain
 
 
-async def _seek_to_committed(consumer: aiokafka.AIOKafkaConsumer) -> dict[Any, int | None]:
-    """Seek every assigned partition to its committed offset, 0 included, or to the log start without one."""
+async def _seek_to_committed(
+    consumer: aiokafka.AIOKafkaConsumer, source_topics: set[str], on_seek: Callable[[str, int, int], None]
+) -> dict[Any, int | None]:
+    """Seek every assigned partition with a committed offset there, 0 included.
+
+    A partition of `source_topics` without one goes to the log start. Other partitions without one,
+    such as table changelogs, keep the position Faust's table recovery gave them.
+    """
     committed: dict[Any, int | None] = {}
     for tp in consumer.assignment():
         offset = await consumer.committed(tp)
         committed[tp] = offset
         if offset is not None and offset >= 0:
-            consumer.seek(tp, offset)
+            position = offset
+        elif tp.topic in source_topics:
+            position = (await consumer.beginning_offsets([tp]))[tp]
         else:
-            await consumer.seek_to_beginning(tp)
+            continue
+        consumer.seek(tp, position)
+        if tp.topic in source_topics:
+            on_seek(tp.topic, tp.partition, position)
     return committed
 
 
-def install_committed_seek(app: faust.App) -> None:
-    """Make the app's consumer seek back to committed offsets on every partition; call before the app starts."""
+def install_committed_seek(app: faust.App, source_topics: set[str], on_seek: Callable[[str, int, int], None]) -> None:
+    """Make the app's consumer seek back to committed offsets on every partition; call before the app starts.
+
+    `on_seek(topic, partition, offset)` is called from the consumer's thread for every partition of
+    `source_topics` it seeks.
+    """
     thread = app.consumer._thread
 
     async def seek_to_committed() -> dict[Any, int | None]:
-        return await thread.call_thread(_seek_to_committed, thread._ensure_consumer())
+        return await thread.call_thread(_seek_to_committed, thread._ensure_consumer(), source_topics, on_seek)
 
     thread.seek_to_committed = seek_to_committed
