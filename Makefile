@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KAFKA_STAMP := .cache/kafka/kafka-4.2.0/lib/.complete
 
-.PHONY: install kafka demo test test-unit test-long bench clean
+.PHONY: install kafka demo test test-unit trials bench clean
 
 install: $(STAMP)
 
@@ -29,13 +29,15 @@ test: install kafka
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration"
 
-test-long: install kafka
-	$(BIN)/python -m pytest -q -m long
+trials: install kafka
+	$(BIN)/python benchmarks/crash_trials.py
+	$(BIN)/python benchmarks/rebalance_trials.py
 
 bench: install kafka
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/replay_bench.py
 	$(BIN)/python benchmarks/crash_trials.py
+	$(BIN)/python benchmarks/rebalance_trials.py
 
 clean:
 	rm -rf data demo-output .pytest_cache

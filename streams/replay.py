@@ -314,7 +314,13 @@ def seed_worker(
             _kafka_tp(tp): OffsetAndMetadata(offset, "", -1) for tp, offset in end_offsets.items()
         }
         offsets.update(_end_offsets(settings, f"{app_id}-image-downloads"))
-        admin.alter_group_offsets(app_id, offsets)
+        results = admin.alter_group_offsets(app_id, offsets)
+        failed = sorted(f"{tp.topic}[{tp.partition}]: {error.__name__}" for tp, error in results.items() if error is not None and error.errno != 0)
+        if failed:
+            raise ReplayError(
+                f"could not commit the replay's end offsets of consumer group {app_id!r} ({', '.join(failed)}); "
+                "stop every worker of the group and run the replay again"
+            )
         log.info("Seeded %d users into %s and committed offsets of group %s", len(states), state_topic, app_id)
     finally:
         admin.close()
