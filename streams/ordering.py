@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any, Callable
 
 import faust
@@ -106,9 +107,15 @@ class RecordLookup:
         self.bootstrap_servers = bootstrap_servers
         self.options = options
         self._consumer: KafkaConsumer | None = None
+        # The downloads and searches agents look up from worker threads, and KafkaConsumer is not thread-safe.
+        self._lock = threading.Lock()
 
     def __call__(self, topic: str, partition: int, start: int, end: int) -> bool:
         """Return True when `topic[partition]` has a record at an offset in [start, end), or the look-up fails."""
+        with self._lock:
+            return self._lookup(topic, partition, start, end)
+
+    def _lookup(self, topic: str, partition: int, start: int, end: int) -> bool:
         if self._consumer is None:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=self.bootstrap_servers, client_id="stylestream-gap-lookup",
