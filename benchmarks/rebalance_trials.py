@@ -32,6 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
     arguments = parser.parse_args()
+
     results = []
     folder = ROOT / "data" / "rebalance-trials"
     with EmbeddedKafka(heap="1g") as kafka:
@@ -43,6 +44,7 @@ def main() -> None:
             result["seconds"] = round(time.monotonic() - started, 1)
             results.append(result)
             print(json.dumps({"trial": trial, **result}), flush=True)
+
     summary = {
         "rebalance_trials": len(results),
         "rebalance_events_per_trial": min(result["events"] for result in results),
@@ -54,6 +56,7 @@ def main() -> None:
         "rebalance_liveness_restarts": sum(result["liveness_restarts"] for result in results),
         "trials": results,
     }
+
     output = ROOT / "benchmarks" / "results" / "rebalance.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(summary, indent=2))

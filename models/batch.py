@@ -147,8 +147,10 @@ def _group_bounds(sorted_groups: np.ndarray, groups: int) -> tuple[np.ndarray, n
 
 @dataclass
 class _Accepted:
-    """The events that count, as arrays over the event sequence (every search, then every download
-    of a known image, both in log order); rows of one user keep that order."""
+    """Accepted events as arrays over the event sequence: every search, then every download of a known image.
+
+    Both parts are in log order, so the rows of one user keep that order.
+    """
 
     log: EventLog
     users: list[str]

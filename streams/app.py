@@ -58,7 +58,8 @@ class StyleStreamApp:
         # is applied in offset order.
         install_buffer_drain(self.app)
         user_topics = {settings.downloads_topic, settings.searches_topic}
-        self.offset_guard = OffsetGuard(self.app, user_topics, RecordLookup(settings.bootstrap_servers, kafka_python_options(settings)))
+        self.record_lookup = RecordLookup(settings.bootstrap_servers, kafka_python_options(settings))
+        self.offset_guard = OffsetGuard(self.app, user_topics, self.record_lookup, self.stats)
         install_committed_seek(self.app, user_topics, on_seek=self.offset_guard.set_position)
         self._declare_topology()
 
@@ -98,7 +99,7 @@ class StyleStreamApp:
         self.downloads_topic = self._topic(settings.downloads_topic, settings.partitions)
         self.searches_topic = self._topic(settings.searches_topic, settings.partitions)
         self.images_topic = self._topic(settings.images_topic, settings.image_partitions)
-        self.popularity_topic = self._topic(f"{settings.app_id}-image-downloads", settings.image_partitions, internal=True)
+        self.popularity_topic = self._topic(settings.popularity_topic(), settings.image_partitions, internal=True)
         self.dead_letters = DeadLetters(
             {
                 name: self._topic(settings.dlq_topic(name), 1)

@@ -74,6 +74,7 @@ class BufferDrain:
                 waited += PROGRESS_TIMEOUT_SECONDS
                 log.warning("producer flush still waiting after %.0f s: %d messages unsent", waited, self.unsent())
 
+
 def install_buffer_drain(app: faust.App) -> BufferDrain:
     """Make the app's producer flush wait for its whole buffer; call before the app starts."""
     producer = app.producer

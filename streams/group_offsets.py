@@ -1,9 +1,9 @@
 """Committed offsets for every input partition before the consumer group first consumes it.
 
-A partition without a committed offset starts wherever the consumer's reset policy puts it, and in
-a rebalance its new owner skipped the events the killed owner had not committed (measured with
-faust-streaming 0.15.3 and aiokafka 0.14.0 in the two-worker rebalance test; the cause and the
-main fix are in `stylestream.streams.delivery`). Committing the log-start offset for every
+A partition without a committed offset starts wherever the consumer's reset policy puts it. In the
+two-worker rebalance test (faust-streaming 0.15.3, aiokafka 0.14.0), the new owner of such a
+partition skipped the events the killed owner had not committed. `stylestream.streams.delivery`
+explains the cause and contains the main fix. Committing the log-start offset for every
 partition that has none, before the worker joins the group, makes the group's starting point
 explicit: every partition then resumes from a committed offset, and lag tools show all of them.
 """
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def consumed_topics(settings: Settings) -> list[str]:
     """Return the topics a worker's consumer group reads: the three inputs and the popularity topic."""
-    return [settings.downloads_topic, settings.searches_topic, settings.images_topic, f"{settings.app_id}-image-downloads"]
+    return [settings.downloads_topic, settings.searches_topic, settings.images_topic, settings.popularity_topic()]
 
 
 def _missing(admin: KafkaAdminClient, group: str, partitions: list[TopicPartition]) -> list[TopicPartition]:

@@ -24,6 +24,8 @@ from typing import Any, Callable
 import faust
 from kafka import KafkaConsumer, TopicPartition
 
+from stylestream.streams.stats import WorkerStats
+
 log = logging.getLogger(__name__)
 
 # How long the look-up for records inside a gap waits for the broker before it assumes records exist.
@@ -33,14 +35,15 @@ LOOKUP_TIMEOUT_MS = 2000
 class OffsetGuard:
     """Decide, per incoming event, whether to apply it or skip it while its partition is sought back."""
 
-    def __init__(self, app: faust.App, topics: set[str], lookup: Callable[[str, int, int, int], bool]) -> None:
+    def __init__(
+        self, app: faust.App, topics: set[str], lookup: Callable[[str, int, int, int], bool], stats: WorkerStats
+    ) -> None:
         self.app = app
         self.topics = topics
         self.lookup = lookup
+        self.stats = stats
         self.expected: dict[tuple[str, int], int] = {}
         self.rewinding: dict[tuple[str, int], int] = {}
-        self.gaps_rewound = 0
-        self.gaps_acknowledged = 0
         consumer = app.consumer
         self._add_gap = consumer._add_gap
         # Faust's consumer calls this on every jump in offsets; for `topics` the guard decides instead.
@@ -80,14 +83,14 @@ class OffsetGuard:
                     "Consumer skipped %s[%d] from offset %d to %d; seeking back to %d",
                     message.topic, message.partition, expected, offset, expected,
                 )
-                self.gaps_rewound += 1
+                self.stats.offset_gaps_rewound += 1
                 self.rewinding[key] = expected
                 await self.app.consumer.seek(message.tp, expected)
                 self._skip(message)
                 return False
 
             # No records in between, as after transaction markers: acknowledge the gap, not this offset.
-            self.gaps_acknowledged += 1
+            self.stats.offset_gaps_acknowledged += 1
             await self._add_gap(message.tp, expected, offset - 1)
 
         if expected is None or offset >= expected:

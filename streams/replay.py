@@ -181,7 +181,7 @@ def _add_batch(
 def _save_chunk(folder: Path, batches: list[tuple[str, int, list[Any], list[Any], list[int]]], positions: dict[TopicPartition, int]) -> None:
     """Write the messages read since the last chunk, as fetched, and the positions after them, atomically.
 
-    A chunk holds raw messages rather than validated events because they pickle several times
+    A chunk contains raw messages rather than validated events because they pickle several times
     faster; a resumed replay validates them again.
     """
     folder.mkdir(parents=True, exist_ok=True)

@@ -136,6 +136,10 @@ class Settings(BaseSettings):
         """Return the folder of the embedded Qdrant store."""
         return self.data_dir / ("qdrant-edge" if self.embedded_store == "edge" else "qdrant")
 
+    def popularity_topic(self) -> str:
+        """Return the internal topic that carries one record per applied download, keyed by image id."""
+        return f"{self.app_id}-image-downloads"
+
     def dlq_topic(self, topic: str) -> str:
         """Return the dead-letter topic of `topic`."""
         return f"{topic}.dlq"

@@ -53,6 +53,8 @@ class WorkerStats:
     flush_failures: int = 0
     users_skipped_stale: int = 0
     backpressure_pauses: int = 0
+    offset_gaps_rewound: int = 0
+    offset_gaps_acknowledged: int = 0
     last_flush_at: float | None = None
     last_flush_size: int = 0
     last_flush_seconds: float = 0.0
@@ -87,6 +89,8 @@ class WorkerStats:
             "flush_failures": self.flush_failures,
             "users_skipped_stale": self.users_skipped_stale,
             "backpressure_pauses": self.backpressure_pauses,
+            "offset_gaps_rewound": self.offset_gaps_rewound,
+            "offset_gaps_acknowledged": self.offset_gaps_acknowledged,
             "last_flush_at": self.last_flush_at,
             "last_flush_size": self.last_flush_size,
             "last_flush_seconds": self.last_flush_seconds,

@@ -97,6 +97,7 @@ def run_worker(settings: Settings) -> int:
         store = StyleStore(settings)
         worker_app = StyleStreamApp(settings, store)
         cleanup.callback(worker_app.store.close)
+        cleanup.callback(worker_app.record_lookup.close)
 
         path = worker_file(settings)
         path.parent.mkdir(parents=True, exist_ok=True)

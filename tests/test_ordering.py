@@ -9,6 +9,7 @@ from typing import Any
 from faust.types import TP
 
 from stylestream.streams.ordering import OffsetGuard
+from stylestream.streams.stats import WorkerStats
 
 TOPIC = "downloads"
 
@@ -49,7 +50,7 @@ class FakeApp:
 
 def _guard(records_exist: bool) -> tuple[OffsetGuard, FakeConsumer]:
     app = FakeApp()
-    guard = OffsetGuard(app, {TOPIC}, lookup=lambda topic, partition, start, end: records_exist)
+    guard = OffsetGuard(app, {TOPIC}, lookup=lambda topic, partition, start, end: records_exist, stats=WorkerStats())
     guard.set_position(TOPIC, 0, 10)
     return guard, app.consumer
 
@@ -83,7 +84,7 @@ def test_skipped_records_sought_back() -> None:
     assert ahead.acked is True
     assert ahead not in consumer._unacked_messages
     assert redelivered == [True] * 6
-    assert guard.gaps_rewound == 1
+    assert guard.stats.offset_gaps_rewound == 1
     assert (TOPIC, 0) not in guard.rewinding
     assert consumer.gaps == []
 
@@ -95,6 +96,7 @@ def test_gap_without_records_acknowledged() -> None:
 
     assert admitted is True
     assert consumer.gaps == [(TP(TOPIC, 0), 10, 11)]
+    assert guard.stats.offset_gaps_acknowledged == 1
     assert consumer.seeks == []
     assert guard.expected[(TOPIC, 0)] == 13
 
