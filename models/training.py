@@ -39,6 +39,8 @@ TRAINED_VERSION = "infonce-v1"
 PARTNER_TRIES = 16
 # "search_or_category": another search or another category set; "category": another category set.
 PAIRINGS = ("search_or_category", "category")
+# "constant" keeps the learning rate throughout, and "cosine" decays it to 0 by the last step.
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class TrainingError(StylestreamError):
@@ -53,6 +55,7 @@ class TrainingConfig:
     batch_size: int = 256
     epochs: int = 5
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
     weight_decay: float = 1e-5
     seed: int = 0
     pairing: str = "search_or_category"
@@ -72,6 +75,8 @@ class TrainingConfig:
             raise TrainingError(f"pairing must be one of {', '.join(PAIRINGS)}, got {self.pairing!r}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise TrainingError(f"learning rate must be a positive number, got {self.learning_rate!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise TrainingError(f"learning rate schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.search_batch_size < 0:
             raise TrainingError(f"search batch size must be 0 (no ranking loss) or positive, got {self.search_batch_size}")
         if not (self.ranking_weight >= 0 and math.isfinite(self.ranking_weight)):
@@ -226,6 +231,19 @@ def info_nce(anchors: torch.Tensor, partners: torch.Tensor, anchor_ids: torch.Te
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
+def learning_rate_scheduler(optimiser: torch.optim.Optimizer, schedule: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Return the per-step scheduler of `schedule` (one of LR_SCHEDULES) for `total_steps` steps.
+
+    An epoch has fewer steps than its estimate when some anchors find no partner, so cosine decay
+    can end slightly above 0. It stays at 0 after `total_steps`.
+    """
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
+
+
 def train_encoder(
     images: list[Image],
     downloads: list[Download],
@@ -273,6 +291,7 @@ def train_encoder(
         return build_batch(schema, [r.deep for r in rows], [r.colors for r in rows], [r.categories for r in rows], [r.keywords for r in rows]).to(device)
 
     steps_per_epoch = len(sampler.anchors) // config.batch_size
+    scheduler = learning_rate_scheduler(optimiser, config.lr_schedule, config.epochs * steps_per_epoch)
     bar = tqdm(total=config.epochs * steps_per_epoch, desc="train", unit="step", disable=not progress)
     encoder.train()
     for epoch in range(config.epochs):
@@ -289,6 +308,7 @@ def train_encoder(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            scheduler.step()
             epoch_losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{epoch_losses[-1]:.3f}")

@@ -76,6 +76,8 @@ def load_events(options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Positive pairs per batch; the other pairs are the negatives.")
 @click.option("--epochs", type=int, default=5, show_default=True, help="Passes over the downloads.")
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="AdamW learning rate.")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+              help="Learning rate over training: constant, or cosine decay from --learning-rate to 0 by the last step.")
 @click.option("--pairing", type=click.Choice(["search_or_category", "category"]), default="search_or_category", show_default=True,
               help="Positives: downloads of one user under another search or category set, or under another category set only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation and pair sampling.")
@@ -94,9 +96,9 @@ def load_events(options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 @click.option("--device", help="Torch device; default CUDA when available, else CPU.")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), help="Folder for loss.png.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def train(checkpoint: Path, temperature: float, batch_size: int, epochs: int, learning_rate: float, pairing: str, seed: int,
-          style_dim: int, categories_weight: float, keywords_weight: float, search_batch_size: int, ranking_weight: float,
-          extra_events: tuple[Path, ...], device: str | None, plots: Path | None, no_progress: bool, **options: Any) -> None:
+def train(checkpoint: Path, temperature: float, batch_size: int, epochs: int, learning_rate: float, lr_schedule: str,
+          pairing: str, seed: int, style_dim: int, categories_weight: float, keywords_weight: float, search_batch_size: int,
+          ranking_weight: float, extra_events: tuple[Path, ...], device: str | None, plots: Path | None, no_progress: bool, **options: Any) -> None:
     """Train the style encoder with InfoNCE on the downloads before the held-out part of the log."""
     from stylestream.models.encoder import EncoderConfig
     from stylestream.models.evaluation import read_jsonl, temporal_split
@@ -124,8 +126,8 @@ def train(checkpoint: Path, temperature: float, batch_size: int, epochs: int, le
     if extra_events:
         source["extra_events"] = [str(folder) for folder in extra_events]
     config = TrainingConfig(temperature=temperature, batch_size=batch_size, epochs=epochs, learning_rate=learning_rate,
-                            seed=seed, pairing=pairing, search_batch_size=search_batch_size, ranking_weight=ranking_weight,
-                            device=device)
+                            lr_schedule=lr_schedule, seed=seed, pairing=pairing, search_batch_size=search_batch_size,
+                            ranking_weight=ranking_weight, device=device)
     encoder_config = EncoderConfig(style_dim=style_dim, categories_weight=categories_weight, keywords_weight=keywords_weight)
     result = train_encoder(events.images, downloads, config, progress=not no_progress, encoder_config=encoder_config,
                            searches=searches)

@@ -19,6 +19,7 @@ from stylestream.models.training import (
     TrainingError,
     fingerprint,
     info_nce,
+    learning_rate_scheduler,
     plot_loss_curve,
     save_checkpoint,
     search_ranking_loss,
@@ -163,6 +164,26 @@ def test_config_rejects_bad_values() -> None:
         TrainingConfig(search_batch_size=-1)
     with pytest.raises(TrainingError, match="ranking weight"):
         TrainingConfig(ranking_weight=float("nan"))
+    with pytest.raises(TrainingError, match="linear"):
+        TrainingConfig(lr_schedule="linear")
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [("constant", [1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3]), ("cosine", [1e-3, 0.85355e-3, 0.5e-3, 0.14645e-3, 0.0, 0.0])],
+)
+def test_learning_rate_schedule_per_step(schedule: str, expected: list[float]) -> None:
+    optimiser = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = learning_rate_scheduler(optimiser, schedule, total_steps=4)
+
+    rates = []
+    for _ in range(6):
+        rates.append(optimiser.param_groups[0]["lr"])
+        optimiser.step()
+        scheduler.step()
+
+    # Cosine decay stays at 0 after total_steps.
+    assert rates == pytest.approx(expected, abs=1e-8)
 
 
 def test_training_lowers_loss(small_log: tuple[list[Image], list[Download]], tmp_path: Path) -> None:
