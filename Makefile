@@ -56,12 +56,12 @@ OPENCLIPART_END_TIME := 1700000000
 # logs' events before the newest 10 % of the seed 11 events, which `stylestream evaluate` holds out.
 # Held-out projects write no events, so none reach training. Hyper-parameters were chosen on
 # creatives simulated with seed 5 (training creatives seed 99), not on the seed 11 events.
-# About 3.5 minutes on 2 shared CPU cores once images.jsonl exists.
+# About 3.5 minutes on one thread of 2 shared CPU cores once images.jsonl exists.
 model-openclipart: install
 	$(BIN)/stylestream datasets openclipart --out $(OPENCLIPART) --events-only --end-time $(OPENCLIPART_END_TIME) \
 		--training-creatives 600 --training-seed 23
 	$(BIN)/stylestream train --images $(OPENCLIPART)/images.jsonl --searches $(OPENCLIPART)/creatives/searches.jsonl \
 		--downloads $(OPENCLIPART)/creatives/downloads.jsonl --extra-events $(OPENCLIPART)/training-creatives \
 		--holdout-fraction 0.1 --seed 0 --epochs 30 --temperature 0.2 --categories-weight 0 --keywords-weight 0 \
-		--search-batch-size 32 --ranking-weight 3 \
+		--search-batch-size 32 --ranking-weight 3 --learning-rate 3e-3 --lr-schedule cosine \
 		--checkpoint models/checkpoints/style-encoder-openclipart.pt --plots demo-output/model-openclipart --no-progress
