@@ -227,6 +227,7 @@ class StyleStreamApp:
                     log.error("Ignoring popularity record %s[%d]@%d without an image id key", message.topic, message.partition, message.offset)
                     continue
                 deltas[(message.partition, message.key.decode())] += self._download_count(message, event.value)
+            self.stats.downloads_counted += sum(deltas.values())
             writes = []
             for (partition, image_id), delta in deltas.items():
                 total = self.download_counts.data.get(image_id, 0) + delta

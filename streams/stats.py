@@ -58,6 +58,7 @@ class WorkerStats:
     user_batches: int = 0
     state_writes: int = 0
     send_failures: Counter = field(default_factory=Counter)
+    downloads_counted: int = 0
     last_flush_at: float | None = None
     last_flush_size: int = 0
     last_flush_seconds: float = 0.0
@@ -97,6 +98,7 @@ class WorkerStats:
             "user_batches": self.user_batches,
             "state_writes": self.state_writes,
             "send_failures": dict(self.send_failures),
+            "downloads_counted": self.downloads_counted,
             "last_flush_at": self.last_flush_at,
             "last_flush_size": self.last_flush_size,
             "last_flush_seconds": self.last_flush_seconds,
