@@ -42,7 +42,7 @@ class ChangelogTable(dict):
 
     changelog_bytes = 0
 
-    def write(self, key: str, value: Any) -> None:
+    def write(self, key: str, partition: int, value: Any) -> None:
         """Set `value` as the processor does, counting the bytes of its changelog record."""
         self.changelog_bytes += len(faust_json.dumps(value))
         self[key] = value

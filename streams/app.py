@@ -139,7 +139,7 @@ class StyleStreamApp:
         )
         self.stall_detector = StallDetector(settings.stall_seconds)
         self.processor = UserProcessor(
-            self.table, self.user_states.set_local, self.cache, settings.preference, self.encoder.style_dim, self.limits,
+            self.table, self.user_states.write, self.cache, settings.preference, self.encoder.style_dim, self.limits,
             settings.partitions, self.stats, on_change=self.sink.mark, image_wait_seconds=settings.image_wait_seconds,
             states=states,
         )
@@ -191,7 +191,7 @@ class StyleStreamApp:
         self.stats.duplicates[kind] += result.duplicates
         for message, error in result.rejected:
             await self.dead_letters.send(topic, message.key, message.value, error.reason, str(error), message.partition, message.offset)
-        await self.user_states.send_values(result.state_writes)
+        await self.user_states.drain()
         await self.popularity.send(
             (image_id.encode(), None, str(count).encode()) for image_id, count in result.downloads_per_image.items()
         )
@@ -228,13 +228,11 @@ class StyleStreamApp:
                     continue
                 deltas[(message.partition, message.key.decode())] += self._download_count(message, event.value)
             self.stats.downloads_counted += sum(deltas.values())
-            writes = []
             for (partition, image_id), delta in deltas.items():
                 total = self.download_counts.data.get(image_id, 0) + delta
-                self.image_counts.set_local(image_id, total)
-                writes.append((image_id, partition, total))
+                self.image_counts.write(image_id, partition, total)
                 self.sink.mark_image_count(image_id, total)
-            await self.image_counts.send_values(writes)
+            await self.image_counts.drain()
 
     @staticmethod
     def _download_count(message: Any, value: bytes | None) -> int:

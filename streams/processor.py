@@ -1,8 +1,8 @@
 """The user-state path of a batch of events: validate, look up style vectors, update, write the table.
 
 A batch holds messages of one topic (downloads or searches) in the order the consumer delivered
-them. Each message's user state is updated in that order, and each changed user's value is set in
-the table once per batch; the result lists those values for the caller to send to the changelog.
+them. Each message's user state is updated in that order, and each changed user is written to the
+table once per batch through `write`, which also queues the changelog record.
 
 Each user's state records the last applied offset per source topic-partition, so a redelivered
 event (after a crash or rebalance) changes nothing. The states of a batch are read, updated and
@@ -105,14 +105,9 @@ class _Event:
 
 @dataclass
 class BatchResult:
-    """What a batch changed.
-
-    `state_writes` holds (user_id, partition, stored value) for every user whose table value the
-    batch set; the caller sends them to the changelog. `rejected` pairs messages with their errors.
-    """
+    """What a batch changed: the rejected messages with their errors, and the applied downloads per image."""
 
     rejected: list[tuple[UserMessage, InvalidEvent]] = field(default_factory=list)
-    state_writes: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
     downloads_per_image: Counter = field(default_factory=Counter)
     applied: int = 0
     duplicates: int = 0
@@ -124,7 +119,7 @@ class UserProcessor:
     def __init__(
         self,
         table: Mapping[str, Any],
-        set_local: Callable[[str, dict[str, Any]], None],
+        write: Callable[[str, int, dict[str, Any]], None],
         images: ImageVectorCache,
         params: PreferenceParams,
         style_dim: int,
@@ -136,7 +131,8 @@ class UserProcessor:
         states: StateCache | None = None,
     ) -> None:
         self.table = table
-        self.set_local = set_local
+        # Sets a user's table value (user_id, partition, value); the changelog record leaves in write order.
+        self.write = write
         self.states = states if states is not None else StateCache()
         self.images = images
         self.params = params
@@ -314,7 +310,7 @@ class UserProcessor:
             if kind == "downloads":
                 result.downloads_per_image[event.image_id] += 1
 
-        self._write_changed(taken, applied, result)
+        self._write_changed(taken, applied)
         return rest
 
     def _apply_event(self, kind: str, state: UserState, source: str, event: _Event, vectors: Mapping[str, np.ndarray]) -> None:
@@ -330,7 +326,7 @@ class UserProcessor:
             apply_search(state, event.search_id, event.timestamp, event.results, vectors, self.params)
         state.applied_offsets[source] = event.message.offset
 
-    def _write_changed(self, taken: dict[str, tuple[Any, UserState]], applied: dict[str, list[_Event]], result: BatchResult) -> None:
+    def _write_changed(self, taken: dict[str, tuple[Any, UserState]], applied: dict[str, list[_Event]]) -> None:
         for user_id, (stored, state) in taken.items():
             events = applied[user_id]
             if not events:
@@ -339,8 +335,7 @@ class UserProcessor:
                     self.states.put(user_id, stored, state)
                 continue
             new_stored = state.to_dict()
-            self.set_local(user_id, new_stored)
-            result.state_writes.append((user_id, events[0].message.partition, new_stored))
+            self.write(user_id, events[0].message.partition, new_stored)
             self.stats.state_writes += 1
             self.states.put(user_id, new_stored, state)
             produced = [event.message.produced_at for event in events if event.message.produced_at is not None]
