@@ -322,8 +322,10 @@ def test_metrics_expose_required_series(pipeline: dict[str, Any]) -> None:
         "stylestream_store_retries_total 0",
         f'stylestream_consumer_lag{{topic="{settings.downloads_topic}",partition="0"}}',
         "stylestream_table_size_users",
+        "stylestream_state_writes_total",
     ):
         assert series in metrics, series
+    assert "stylestream_send_failures_total{" not in metrics
 
 
 def test_openapi_documents_every_endpoint(pipeline: dict[str, Any]) -> None:
