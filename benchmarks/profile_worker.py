@@ -22,4 +22,6 @@ if __name__ == "__main__":
         profiler.stop()
         with open(os.environ["BENCH_PROFILE"], "w") as handle:
             handle.write(profiler.output_text(unicode=False, color=False, show_all=False))
+            handle.write("\nFunctions by own time:\n")
+            handle.write(profiler.output_text(unicode=False, color=False, flat=True))
     sys.exit(code)

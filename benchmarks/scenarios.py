@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from harness import (
     Workload,
@@ -144,8 +144,6 @@ def live(
         peak_rss = rss_bytes(worker.process.pid)
 
         # Freshness: new users' events at a share of the measured peak, timestamped as they are sent.
-        # NOTE: p99 stayed near 5 s at half of peak in every run so far. The flush interval does not
-        # explain it, and the cause (consumer fetch pacing or changelog produce) is not yet measured.
         paced_rate = load_share * rate.events_per_s
         fresh = workload.renamed("fresh-")[: int(paced_rate * paced_seconds)]
         sent = produce_paced(settings, fresh, paced_rate)
@@ -162,6 +160,8 @@ def live(
         "applied": applied,
         "users_upserted": peak["users_upserted"],
         "writes_per_event": peak["users_upserted"] / max(applied, 1),
+        "changelog_writes_per_event": peak["state_writes"] / max(applied, 1),
+        "events_per_batch": applied / max(peak["user_batches"], 1),
         "max_pending_users": max(window, default=0),
         "last_pending_users_in_window": window[-1] if window else 0,
         "max_flush_seconds": max(flush_seconds, default=0.0),
@@ -225,18 +225,20 @@ def memory(kafka: EmbeddedKafka, work: Path, workload: Workload, store_template:
 
 def light_history(workload: Workload, users: int, prefix: str = "mem-") -> list[tuple[str, dict[str, Any]]]:
     """Return one search and one download from it for each of `users` new users, built from the workload's events."""
+    return list(iter_light_history(workload, users, prefix))
+
+
+def iter_light_history(workload: Workload, users: int, prefix: str = "mem-") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield the events of `light_history` one at a time, so that millions of users fit in memory."""
     searches = [event for kind, event in workload.events if kind == "searches"]
-    events = []
     for index in range(users):
         search = searches[index % len(searches)]
         user_id = f"{prefix}{index:07d}"
-        events.append(("searches", {**search, "user_id": user_id}))
-        events.append(("downloads", {
+        yield "searches", {**search, "user_id": user_id}
+        yield "downloads", {
             "event_id": search["event_id"] + "-d", "user_id": user_id, "image_id": search["results"][0],
             "timestamp": search["timestamp"] + 60.0, "search_id": search["search_id"],
-        }))
-    return events
-
+        }
 
 if __name__ == "__main__":
     sys.exit("run benchmarks/run.py; this module only defines the scenarios")

@@ -2,7 +2,8 @@
 
 This is the lighter method for large user counts: no Kafka and no worker. UserProcessor writes into
 a plain dict, which is what Faust's memory:// table store keeps, and every table write is also
-serialised with Faust's JSON codec, as the changelog does. Image vectors come from a pre-filled
+serialised with Faust's JSON codec, as the changelog does. Events are applied in batches per
+topic, as the two agents do. Image vectors come from a pre-filled
 cache. Each user makes one search (20 results) and one download from it.
 
 Prints JSON: `bytes_per_user` is the growth of this process's RSS divided by the user count,
@@ -18,7 +19,8 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from itertools import islice
+from typing import Any, Iterable
 
 import numpy as np
 import orjson
@@ -27,10 +29,11 @@ from faust.utils import json as faust_json
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import make_workload, rss_bytes  # noqa: E402
-from scenarios import light_history  # noqa: E402
+from scenarios import iter_light_history  # noqa: E402
 from stylestream.models.preference import PreferenceParams  # noqa: E402
-from stylestream.schemas.validation import PARSERS, Limits  # noqa: E402
-from stylestream.streams.processor import UserProcessor  # noqa: E402
+from stylestream.schemas.validation import Limits  # noqa: E402
+from stylestream.streams.processor import UserMessage, UserProcessor  # noqa: E402
+from stylestream.streams.settings import Settings  # noqa: E402
 from stylestream.streams.stats import WorkerStats  # noqa: E402
 
 
@@ -39,9 +42,10 @@ class ChangelogTable(dict):
 
     changelog_bytes = 0
 
-    def __setitem__(self, key: str, value: Any) -> None:
+    def write(self, key: str, partition: int, value: Any) -> None:
+        """Set `value` as the processor does, counting the bytes of its changelog record."""
         self.changelog_bytes += len(faust_json.dumps(value))
-        super().__setitem__(key, value)
+        self[key] = value
 
 
 class StaticImages:
@@ -57,15 +61,26 @@ class StaticImages:
         return await self.get_many(image_ids)
 
 
-async def apply_all(processor: UserProcessor, messages: list[tuple[str, bytes, bytes]]) -> None:
-    """Parse and apply each message as the agents do, so every user's strings are its own objects."""
-    limits = Limits()
-    for offset, (kind, key, value) in enumerate(messages):
-        record = PARSERS[kind](value, limits, key=key)
-        if kind == "searches":
-            await processor.search(record, "searches:0", offset)
-        else:
-            await processor.download(record, "downloads:0", offset)
+async def apply_all(processor: UserProcessor, messages: Iterable[tuple[str, bytes, bytes]]) -> None:
+    """Validate and apply the messages in batches per topic, as the two agents do.
+
+    Each window of messages is applied as one searches batch, then one downloads batch; the update
+    is the same in any order of events.
+    """
+    batch_size = Settings().user_batch_size
+    numbered = enumerate(messages)
+    while window := list(islice(numbered, batch_size)):
+        for topic in ("searches", "downloads"):
+            batch = [UserMessage(key, value, 0, offset) for offset, (kind, key, value) in window if kind == topic]
+            if batch:
+                await processor.apply_batch(topic, topic, batch)
+
+
+def make_processor(table: ChangelogTable, vectors: dict[str, np.ndarray]) -> UserProcessor:
+    """Build a processor on one partition that writes into `table`."""
+    return UserProcessor(
+        table, table.write, StaticImages(vectors), PreferenceParams(), 64, Limits(), 1, WorkerStats(), lambda *_: None, 0.0
+    )
 
 
 def main() -> int:
@@ -79,9 +94,9 @@ def main() -> int:
     workload = make_workload(users=50, images=2000)
     rng = np.random.default_rng(0)
     vectors = {image["image_id"]: rng.normal(size=64) / 8.0 for image in workload.images}
-    messages = [(kind, event["user_id"].encode(), orjson.dumps(event)) for kind, event in light_history(workload, args.users)]
+    messages = ((kind, event["user_id"].encode(), orjson.dumps(event)) for kind, event in iter_light_history(workload, args.users))
     table = ChangelogTable()
-    processor = UserProcessor(table, StaticImages(vectors), PreferenceParams(), 64, WorkerStats(), lambda *_: None, 0.0)
+    processor = make_processor(table, vectors)
 
     gc.collect()
     before = rss_bytes_self()
@@ -105,7 +120,7 @@ def time_workload(users: int) -> int:
     vectors = {image["image_id"]: rng.normal(size=64) / 8.0 for image in workload.images}
     messages = [(kind, event["user_id"].encode(), orjson.dumps(event)) for kind, event in workload.events]
     table = ChangelogTable()
-    processor = UserProcessor(table, StaticImages(vectors), PreferenceParams(), 64, WorkerStats(), lambda *_: None, 0.0)
+    processor = make_processor(table, vectors)
     started = time.perf_counter()
     asyncio.run(apply_all(processor, messages))
     seconds = time.perf_counter() - started

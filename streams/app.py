@@ -1,38 +1,46 @@
 """The Faust topology: input topics, the user-state table, agents, the sink timer and HTTP views.
 
-Event path: `downloads` / `searches` -> validation (bad input to `<topic>.dlq`) -> UserProcessor
-(style look-ups, preference update, `user-state` table and its changelog) -> UserSink (coalesced
-upserts into Qdrant every flush interval). `images` -> validation -> ImageIndexer (style encoder,
-upsert into the images collection, image cache).
+Event path: `downloads` / `searches`, in batches of up to `user_batch_size` events -> validation
+(bad input to `<topic>.dlq`) -> UserProcessor (style look-ups, preference update, one `user-state`
+table write per changed user and batch) -> ChangelogWriter (the batch's changelog records) ->
+UserSink (coalesced upserts into Qdrant every flush interval). Applied downloads are counted per
+image on the popularity topic. `images` -> validation -> ImageIndexer (style encoder, upsert into
+the images collection, image cache).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+from collections import Counter
 from typing import Any, Callable
 
 import faust
 
 from stylestream.models.encoder import StyleEncoder, untrained_encoder
-from stylestream.schemas.validation import PARSERS, WRONG_PARTITION, InvalidEvent, Limits
-from stylestream.streams.delivery import install_buffer_drain, install_committed_seek
+from stylestream.schemas.validation import PARSERS, InvalidEvent, Limits
+from stylestream.streams.changelog import ChangelogWriter, TopicSender
+from stylestream.streams.delivery import install_buffer_drain, install_committed_seek, install_fetch_max_wait
 from stylestream.streams.dlq import DeadLetters
 from stylestream.streams.images import ImageIndexer, ImageVectorCache
 from stylestream.streams.kafka_security import faust_credentials, kafka_python_options
 from stylestream.streams.lag import StallDetector, consumer_lag
 from stylestream.streams.ordering import OffsetGuard, RecordLookup
-from stylestream.streams.processor import StateCache, UserProcessor
+from stylestream.streams.processor import PROCESSING_ERROR, StateCache, UserMessage, UserProcessor
 from stylestream.streams.settings import Settings
 from stylestream.streams.sink import UserSink
 from stylestream.streams.stats import WorkerStats
-from stylestream.streams.topics import partition_for
 from stylestream.streams.store import AsyncStyleStore, StyleStore
 
 log = logging.getLogger(__name__)
 
-PROCESSING_ERROR = "processing_error"
 IMAGE_BATCH_SIZE = 256
+# How long the broker may hold a fetch request without data; see install_fetch_max_wait.
+FETCH_MAX_WAIT_SECONDS = 0.05
+PRODUCER_BATCH_BYTES = 512 * 1024
+PRODUCER_LINGER_SECONDS = 0.005
+POPULARITY_BATCH_SIZE = 1000
 
 
 def load_encoder(settings: Settings) -> StyleEncoder:
@@ -61,6 +69,7 @@ class StyleStreamApp:
         self.record_lookup = RecordLookup(settings.bootstrap_servers, kafka_python_options(settings))
         self.offset_guard = OffsetGuard(self.app, user_topics, self.record_lookup, self.stats)
         install_committed_seek(self.app, user_topics, on_seek=self.offset_guard.set_position)
+        install_fetch_max_wait(self.app, FETCH_MAX_WAIT_SECONDS)
         self._declare_topology()
 
     def _build_app(self) -> faust.App:
@@ -84,6 +93,10 @@ class StyleStreamApp:
             web_port=settings.web_port,
             web_in_thread=False,
             producer_max_request_size=max(1_048_576, settings.max_message_bytes * 2),
+            # Changelog values are kilobytes each: Faust's default batch of 16 KiB with no linger sent
+            # almost every record in its own produce request.
+            producer_max_batch_size=PRODUCER_BATCH_BYTES,
+            producer_linger=PRODUCER_LINGER_SECONDS,
             consumer_max_fetch_size=max(4 * 1_048_576, settings.max_message_bytes * 4),
         )
 
@@ -113,6 +126,9 @@ class StyleStreamApp:
         self.download_counts = app.Table(
             "image-download-counts", default=int, partitions=settings.image_partitions, schema=json_schema
         )
+        self.user_states = ChangelogWriter(app, self.table, self.stats)
+        self.image_counts = ChangelogWriter(app, self.download_counts, self.stats)
+        self.popularity = TopicSender(app, settings.popularity_topic(), self.stats)
         self.cache = ImageVectorCache(self.store, settings.image_cache_size)
         self.indexer = ImageIndexer(self.encoder, self.store, self.cache)
         # The processor and the sink share deserialised states, so neither rebuilds one per event.
@@ -123,12 +139,13 @@ class StyleStreamApp:
         )
         self.stall_detector = StallDetector(settings.stall_seconds)
         self.processor = UserProcessor(
-            self.table, self.cache, settings.preference, self.encoder.style_dim, self.stats,
-            on_change=self.sink.mark, image_wait_seconds=settings.image_wait_seconds, states=states,
+            self.table, self.user_states.write, self.cache, settings.preference, self.encoder.style_dim, self.limits,
+            settings.partitions, self.stats, on_change=self.sink.mark, image_wait_seconds=settings.image_wait_seconds,
+            states=states,
         )
 
-        app.agent(self.downloads_topic, name="stylestream.downloads")(self._user_agent(settings.downloads_topic, self._on_download))
-        app.agent(self.searches_topic, name="stylestream.searches")(self._user_agent(settings.searches_topic, self._on_search))
+        app.agent(self.downloads_topic, name="stylestream.downloads")(self._user_agent(settings.downloads_topic, "downloads"))
+        app.agent(self.searches_topic, name="stylestream.searches")(self._user_agent(settings.searches_topic, "searches"))
         app.agent(self.images_topic, name="stylestream.images")(self._images_agent)
         app.agent(self.popularity_topic, name="stylestream.popularity")(self._popularity_agent)
         app.timer(settings.flush_interval, name="stylestream.flush")(self._flush)
@@ -139,49 +156,45 @@ class StyleStreamApp:
 
         register_views(self)
 
-    def _check_partition(self, user_id: str, source: str) -> None:
-        """Reject a user event on another partition than its user's: the table keeps a user's state on one partition."""
-        partition = int(source.rpartition(":")[2])
-        expected = partition_for(user_id, self.settings.partitions)
-        if partition != expected:
-            raise InvalidEvent(
-                WRONG_PARTITION,
-                f"event of user {user_id!r} arrived on partition {partition}, but its key belongs to partition "
-                f"{expected}; produce user events with the message key set to user_id",
-                "user_id",
-            )
+    def _user_agent(self, topic: str, kind: str) -> Callable[..., Any]:
+        settings = self.settings
 
-    async def _on_download(self, value: bytes, key: bytes | None, source: str, offset: int, produced_at: float | None) -> None:
-        record = PARSERS["downloads"](value, self.limits, key=key)
-        self._check_partition(record.user_id, source)
-        if await self.processor.download(record, source, offset, produced_at):
-            await self.popularity_topic.send(key=record.image_id.encode(), value=b"")
-
-    async def _on_search(self, value: bytes, key: bytes | None, source: str, offset: int, produced_at: float | None) -> None:
-        record = PARSERS["searches"](value, self.limits, key=key)
-        self._check_partition(record.user_id, source)
-        await self.processor.search(record, source, offset, produced_at)
-
-    def _user_agent(self, topic: str, handler: Callable[..., Any]) -> Callable[..., Any]:
         async def agent(stream: faust.StreamT) -> None:
-            async for event in stream.events():
-                message = event.message
-                if not await self.offset_guard.admit(message):
+            # take_events acknowledges a batch's events after this body has handled them.
+            async for events in stream.take_events(settings.user_batch_size, within=settings.user_batch_seconds):
+                messages = []
+                for event in events:
+                    message = event.message
+                    if await self.offset_guard.admit(message):
+                        messages.append(UserMessage(message.key, event.value, message.partition, message.offset, message.timestamp))
+                if not messages:
                     continue
                 await self.sink.wait_for_capacity()
-                self.stats.consumed[topic] += 1
-                source = f"{message.topic}:{message.partition}"
-                try:
-                    await handler(event.value, message.key, source, message.offset, message.timestamp)
-                except InvalidEvent as exc:
-                    await self.dead_letters.send(topic, message.key, event.value, exc.reason, str(exc), message.partition, message.offset)
-                except Exception as exc:  # the agent must survive any single bad event
-                    log.exception("Failed to process %s[%d]@%d", message.topic, message.partition, message.offset)
-                    await self.dead_letters.send(topic, message.key, event.value, PROCESSING_ERROR, repr(exc), message.partition, message.offset)
-                self.stats.processed[topic] += 1
+                self.stats.consumed[topic] += len(messages)
+                await self._apply_user_batch(kind, topic, messages)
+                self.stats.processed[topic] += len(messages)
 
         agent.__name__ = f"{topic}_agent"
         return agent
+
+    async def _apply_user_batch(self, kind: str, topic: str, messages: list[UserMessage]) -> None:
+        """Apply a batch, dead-letter its rejected messages and publish its downloads per image."""
+        try:
+            result = await self.processor.apply_batch(kind, topic, messages)
+        except Exception as exc:  # the agent must survive any batch; its events go to the DLQ
+            log.exception("Failed to apply a batch of %d %s events from offset %d", len(messages), topic, messages[0].offset)
+            for message in messages:
+                await self.dead_letters.send(topic, message.key, message.value, PROCESSING_ERROR, repr(exc), message.partition, message.offset)
+            return
+
+        self.stats.applied[kind] += result.applied
+        self.stats.duplicates[kind] += result.duplicates
+        for message, error in result.rejected:
+            await self.dead_letters.send(topic, message.key, message.value, error.reason, str(error), message.partition, message.offset)
+        await self.user_states.drain()
+        await self.popularity.send(
+            (image_id.encode(), None, str(count).encode()) for image_id, count in result.downloads_per_image.items()
+        )
 
     async def _images_agent(self, stream: faust.StreamT) -> None:
         topic = self.settings.images_topic
@@ -205,10 +218,32 @@ class StyleStreamApp:
             self.stats.processed[topic] += len(events)
 
     async def _popularity_agent(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            image_id = event.message.key.decode()
-            self.download_counts[image_id] += 1
-            self.sink.mark_image_count(image_id, self.download_counts[image_id])
+        """Add the download counts of the popularity topic to each image's total."""
+        async for events in stream.take_events(POPULARITY_BATCH_SIZE, within=self.settings.user_batch_seconds):
+            deltas: Counter[tuple[int, str]] = Counter()
+            for event in events:
+                message = event.message
+                if not message.key:
+                    log.error("Ignoring popularity record %s[%d]@%d without an image id key", message.topic, message.partition, message.offset)
+                    continue
+                deltas[(message.partition, message.key.decode())] += self._download_count(message, event.value)
+            self.stats.downloads_counted += sum(deltas.values())
+            for (partition, image_id), delta in deltas.items():
+                total = self.download_counts.data.get(image_id, 0) + delta
+                self.image_counts.write(image_id, partition, total)
+                self.sink.mark_image_count(image_id, total)
+            await self.image_counts.drain()
+
+    @staticmethod
+    def _download_count(message: Any, value: bytes | None) -> int:
+        """Return a popularity record's count: its value as a decimal integer, where an empty value counts 1."""
+        if not value:
+            return 1
+        try:
+            return int(value)
+        except ValueError:
+            log.error("Ignoring popularity record %s[%d]@%d with invalid count %r", message.topic, message.partition, message.offset, value[:32])
+            return 0
 
     async def _flush(self) -> None:
         await self.sink.flush()
@@ -239,4 +274,7 @@ class StyleStreamApp:
         recovered = list(self.table.keys())
         for user_id in recovered:
             self.sink.mark(user_id)
+        # The recovered states live as long as the partition stays here; keep them out of full collections.
+        # NOTE: an object frozen here that later becomes part of an unreachable cycle is never freed.
+        gc.freeze()
         log.info("Table recovery complete: %d users recovered and queued for a flush", len(recovered))

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
         128, ge=1, description="Searches remembered per user to link later downloads to; older ones are forgotten."
     )
 
+    user_batch_size: int = Field(
+        500, ge=1, description="Most downloads or searches events applied together; each changed user is written once per batch."
+    )
+    user_batch_seconds: float = Field(
+        0.05, gt=0, description="Seconds a batch of user events waits to fill before it is applied as it is."
+    )
     flush_interval: float = Field(0.2, gt=0, description="Seconds between coalesced upserts of changed users.")
     max_pending_users: int = Field(
         100_000, ge=1, description="Changed users waiting for Qdrant at which the agents pause consuming."
@@ -137,7 +143,10 @@ class Settings(BaseSettings):
         return self.data_dir / ("qdrant-edge" if self.embedded_store == "edge" else "qdrant")
 
     def popularity_topic(self) -> str:
-        """Return the internal topic that carries one record per applied download, keyed by image id."""
+        """Return the internal topic that carries applied download counts, keyed by image id.
+
+        Each record's value is the number of downloads as a decimal integer; an empty value counts one.
+        """
         return f"{self.app_id}-image-downloads"
 
     def dlq_topic(self, topic: str) -> str:

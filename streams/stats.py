@@ -55,6 +55,10 @@ class WorkerStats:
     backpressure_pauses: int = 0
     offset_gaps_rewound: int = 0
     offset_gaps_acknowledged: int = 0
+    user_batches: int = 0
+    state_writes: int = 0
+    send_failures: Counter = field(default_factory=Counter)
+    downloads_counted: int = 0
     last_flush_at: float | None = None
     last_flush_size: int = 0
     last_flush_seconds: float = 0.0
@@ -91,6 +95,10 @@ class WorkerStats:
             "backpressure_pauses": self.backpressure_pauses,
             "offset_gaps_rewound": self.offset_gaps_rewound,
             "offset_gaps_acknowledged": self.offset_gaps_acknowledged,
+            "user_batches": self.user_batches,
+            "state_writes": self.state_writes,
+            "send_failures": dict(self.send_failures),
+            "downloads_counted": self.downloads_counted,
             "last_flush_at": self.last_flush_at,
             "last_flush_size": self.last_flush_size,
             "last_flush_seconds": self.last_flush_seconds,

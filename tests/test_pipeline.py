@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,8 @@ def pipeline(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> 
         producer.close()
         produced[settings.downloads_topic] += 1
         stats = worker.wait_until(all_applied(produced), timeout=180, what="all events")
+        applied_downloads = stats["applied"]["downloads"]
+        worker.wait_until(lambda now: now["downloads_counted"] >= applied_downloads, timeout=60, what="download counts")
 
         user_id = next(iter(marketplace.user_styles))
         cli = subprocess.run(
@@ -152,11 +155,13 @@ def pipeline(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> 
     try:
         stored_users = {user: store.get_user(user) for user in marketplace.user_styles}
         image_vectors = store.image_vectors(image["image_id"] for image in marketplace.images)
+        popular = store.popular_images(k=len(marketplace.images))
     finally:
         store.close()
     return {
         "settings": settings, "marketplace": marketplace, "stats": stats, "cli": cli, "exit_code": exit_code,
         "recommendations": recommendations, "rerank": rerank, "http": http, "log_path": data_dir / "worker.log", "stored_users": stored_users, "image_vectors": image_vectors,
+        "popular": popular,
     }
 
 
@@ -177,6 +182,13 @@ def test_payload_counts_every_event(pipeline: dict[str, Any]) -> None:
         assert point.payload["event_count"] == len(events)
         assert point.payload["last_event_time"] == pytest.approx(max(e["timestamp"] for e in events))
         assert point.payload["model_version"].startswith("untrained-jl-v1")
+
+
+def test_image_download_counts_match_downloads(pipeline: dict[str, Any]) -> None:
+    expected = Counter(event["image_id"] for event in pipeline["marketplace"].downloads)
+    counted = {image.image_id: int(image.score) for image in pipeline["popular"] if image.score > 0}
+
+    assert counted == dict(expected)
 
 
 def test_recommendations_exclude_downloaded_images(pipeline: dict[str, Any]) -> None:
@@ -310,8 +322,10 @@ def test_metrics_expose_required_series(pipeline: dict[str, Any]) -> None:
         "stylestream_store_retries_total 0",
         f'stylestream_consumer_lag{{topic="{settings.downloads_topic}",partition="0"}}',
         "stylestream_table_size_users",
+        "stylestream_state_writes_total",
     ):
         assert series in metrics, series
+    assert "stylestream_send_failures_total{" not in metrics
 
 
 def test_openapi_documents_every_endpoint(pipeline: dict[str, Any]) -> None:
