@@ -157,8 +157,6 @@ def run_openclipart(
     downloaded: dict[str, set[str]] = {}
     for event in market.downloads:
         downloaded.setdefault(event["user_id"], set()).add(event["image_id"])
-    # NOTE: with models/checkpoints/style-encoder-openclipart.pt and --end-time 1700000000,
-    # style_match_at_10 is 0.897 of a best possible 1.0, just short of a 0.9 target.
     figures: dict[str, Any] = creator_match_at_k(results["held_out"], results["top"], market.truth(), k=TOP_K, excluded=downloaded)
     figures.update({
         "model_version": model_description,
