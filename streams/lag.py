@@ -57,7 +57,7 @@ class StallDetector:
     """Flag partitions whose committed offset has not moved for `stall_seconds` while their lag is positive.
 
     NOTE: after a rebalance, Faust (faust-streaming 0.15.3) sometimes stops advancing the committed
-    offset of a partition while its events are still processed (7 of 20 crash trials and 1 of 10
+    offset of a partition while its events are still processed (2 of 20 crash trials and 0 of 10
     rebalance trials in benchmarks/results/). The cause is not found. A worker restart resumes it, and redelivered events change nothing.
     """
 
