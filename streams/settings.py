@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     )
 
     user_batch_size: int = Field(
-        500, ge=1, description="Most downloads or searches events applied together; each changed user is written once per batch."
+        500, ge=1, description="Maximum downloads or searches events applied together; each changed user is written once per batch."
     )
     user_batch_seconds: float = Field(
         0.05, gt=0, description="Seconds a batch of user events waits to fill before it is applied as it is."
