@@ -1,13 +1,13 @@
 """The user-state path of a batch of events: validate, look up style vectors, update, write the table.
 
-A batch holds messages of one topic (downloads or searches) in the order the consumer delivered
+A batch contains messages of one topic (downloads or searches) in the order the consumer delivered
 them. Each message's user state is updated in that order, and each changed user is written to the
 table once per batch through `write`, which also queues the changelog record.
 
 Each user's state records the last applied offset per source topic-partition, so a redelivered
-event (after a crash or rebalance) changes nothing. The states of a batch are read, updated and
-written back without an await in between, so the downloads and searches agents never interleave on
-one user.
+event (after a crash or rebalance) changes nothing. States are read, updated and written back
+without an await in between (a batch that must fetch more vectors midway writes what it applied
+first), so the downloads and searches agents never interleave on one user.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class _Event:
 
 @dataclass
 class BatchResult:
-    """What a batch changed: the rejected messages with their errors, and the applied downloads per image."""
+    """The outcome of a batch: rejected messages with their errors, counts, and applied downloads per image."""
 
     rejected: list[tuple[UserMessage, InvalidEvent]] = field(default_factory=list)
     downloads_per_image: Counter = field(default_factory=Counter)
@@ -179,7 +179,7 @@ class UserProcessor:
         return result
 
     async def _fetch_or_reject(self, events: list[_Event], vectors: dict[str, np.ndarray], result: BatchResult) -> list[_Event]:
-        """Fetch the result vectors the first download still lacks; reject it when the store has none of them."""
+        """Fetch the result vectors the first download still lacks; reject the download when the store lacks any of them."""
         first = events[0]
         needed = set(vectors_needed_for_download(self._read_state(first.user_id), first.search_id)) - vectors.keys()
         vectors.update(await self.images.get_many(needed))
@@ -246,7 +246,7 @@ class UserProcessor:
                 log.info("Search %s of user %s shows %d unknown images; they get no negative weight", event.search_id, event.user_id, missing)
 
     def _vectors_needed(self, events: list[_Event]) -> set[str]:
-        """Return the result vectors the downloads need for their linked searches, as the table holds them now."""
+        """Return the result vectors the downloads need for their linked searches, as the table stores them now."""
         needed: set[str] = set()
         for event in events:
             if event.search_id is not None:
