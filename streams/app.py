@@ -271,6 +271,9 @@ class StyleStreamApp:
         A crash, or a worker that lost a partition before its next flush, can leave a user's newest
         state only in the changelog; the worker that recovers the partition writes it.
         """
+        # NOTE: Faust's memory store (faust-streaming 0.15.3) drops only keys it recovered from the
+        # changelog when their partition is revoked, so users written since then stay listed here.
+        # The sink's event_count versioning keeps such a stale state from replacing a newer point.
         recovered = list(self.table.keys())
         for user_id in recovered:
             self.sink.mark(user_id)
