@@ -69,6 +69,7 @@ def register_views(worker: "StyleStreamApp") -> None:
 
     @app.page("/stats")
     async def stats(view: View, request: Request) -> Response:
+        worker.stats.table_size = len(worker.table)
         body = worker.stats.to_dict()
         body["pending_users"] = worker.sink.pending
         body["cached_images"] = len(worker.cache)

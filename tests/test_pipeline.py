@@ -184,6 +184,11 @@ def test_payload_counts_every_event(pipeline: dict[str, Any]) -> None:
         assert point.payload["model_version"].startswith("untrained-jl-v1")
 
 
+def test_stats_report_table_size(pipeline: dict[str, Any]) -> None:
+    # These stats were read before any /metrics request.
+    assert pipeline["stats"]["table_size"] == len(pipeline["marketplace"].user_styles)
+
+
 def test_image_download_counts_match_downloads(pipeline: dict[str, Any]) -> None:
     expected = Counter(event["image_id"] for event in pipeline["marketplace"].downloads)
     counted = {image.image_id: int(image.score) for image in pipeline["popular"] if image.score > 0}
