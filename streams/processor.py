@@ -181,7 +181,7 @@ class UserProcessor:
     async def _fetch_or_reject(self, events: list[_Event], vectors: dict[str, np.ndarray], result: BatchResult) -> list[_Event]:
         """Fetch the result vectors the first download still lacks; reject the download when the store lacks any of them."""
         first = events[0]
-        needed = set(vectors_needed_for_download(self._read_state(first.user_id), first.search_id)) - vectors.keys()
+        needed = set(vectors_needed_for_download(self._load_state(first.user_id, for_update=False)[1], first.search_id)) - vectors.keys()
         vectors.update(await self.images.get_many(needed))
         missing = needed - vectors.keys()
         if not missing:
@@ -250,35 +250,34 @@ class UserProcessor:
         needed: set[str] = set()
         for event in events:
             if event.search_id is not None:
-                needed.update(vectors_needed_for_download(self._read_state(event.user_id), event.search_id))
+                needed.update(vectors_needed_for_download(self._load_state(event.user_id, for_update=False)[1], event.search_id))
         return needed
 
-    def _read_state(self, user_id: str) -> UserState:
-        stored = self.table.get(user_id)
-        if not stored:
-            return UserState.empty(user_id, self.style_dim)
-        cached = self.states.peek(user_id, stored)
-        return cached if cached is not None else UserState.from_dict(stored)
+    def _load_state(self, user_id: str, for_update: bool) -> tuple[Any, UserState]:
+        """Return the table's value for the user and its state.
 
-    def _take_state(self, user_id: str) -> tuple[Any, UserState]:
-        """Return the table's value for the user and its state, which must be written back or dropped."""
+        A state loaded `for_update` leaves the cache, so it must be written back or dropped.
+        """
         stored = self.table.get(user_id)
-        if not stored:
-            return stored, UserState.empty(user_id, self.style_dim)
-        cached = self.states.take(user_id, stored)
-        return stored, cached if cached is not None else UserState.from_dict(stored)
+        cached = None
+        if stored:
+            cached = self.states.take(user_id, stored) if for_update else self.states.peek(user_id, stored)
+        return stored, cached if cached is not None else self._deserialise(user_id, stored)
+
+    def _deserialise(self, user_id: str, stored: Any) -> UserState:
+        return UserState.from_dict(stored) if stored else UserState.empty(user_id, self.style_dim)
 
     def _apply(self, kind: str, topic: str, events: list[_Event], vectors: dict[str, np.ndarray], result: BatchResult) -> list[_Event]:
         """Apply events in order until one needs a vector not in `vectors`; write the changed users; return the rest."""
-        taken: dict[str, tuple[Any, UserState]] = {}
+        loaded: dict[str, tuple[Any, UserState]] = {}
         applied: dict[str, list[_Event]] = {}
         rest: list[_Event] = []
         for position, event in enumerate(events):
             user_id = event.user_id
-            if user_id not in taken:
-                taken[user_id] = self._take_state(user_id)
+            if user_id not in loaded:
+                loaded[user_id] = self._load_state(user_id, for_update=True)
                 applied[user_id] = []
-            state = taken[user_id][1]
+            state = loaded[user_id][1]
             source = f"{topic}:{event.message.partition}"
             last = state.applied_offsets.get(source)
             if last is not None and event.message.offset <= last:
@@ -298,11 +297,11 @@ class UserProcessor:
                 result.rejected.append((event.message, InvalidEvent(PROCESSING_ERROR, repr(error))))
                 # The failed update may have changed the state halfway: rebuild it from the table
                 # value and the events of this batch applied before.
-                stored = taken[user_id][0]
-                rebuilt = UserState.from_dict(stored) if stored else UserState.empty(user_id, self.style_dim)
+                stored = loaded[user_id][0]
+                rebuilt = self._deserialise(user_id, stored)
                 for earlier in applied[user_id]:
                     self._apply_event(kind, rebuilt, f"{topic}:{earlier.message.partition}", earlier, vectors)
-                taken[user_id] = (stored, rebuilt)
+                loaded[user_id] = (stored, rebuilt)
                 continue
 
             applied[user_id].append(event)
@@ -310,7 +309,7 @@ class UserProcessor:
             if kind == "downloads":
                 result.downloads_per_image[event.image_id] += 1
 
-        self._write_changed(taken, applied)
+        self._write_changed(loaded, applied)
         return rest
 
     def _apply_event(self, kind: str, state: UserState, source: str, event: _Event, vectors: Mapping[str, np.ndarray]) -> None:
@@ -326,8 +325,8 @@ class UserProcessor:
             apply_search(state, event.search_id, event.timestamp, event.results, vectors, self.params)
         state.applied_offsets[source] = event.message.offset
 
-    def _write_changed(self, taken: dict[str, tuple[Any, UserState]], applied: dict[str, list[_Event]]) -> None:
-        for user_id, (stored, state) in taken.items():
+    def _write_changed(self, loaded: dict[str, tuple[Any, UserState]], applied: dict[str, list[_Event]]) -> None:
+        for user_id, (stored, state) in loaded.items():
             events = applied[user_id]
             if not events:
                 # Unchanged: keep the deserialised state for the next batch.
