@@ -186,12 +186,15 @@ class StyleStreamApp:
             for message in messages:
                 await self.dead_letters.send(topic, message.key, message.value, PROCESSING_ERROR, repr(exc), message.partition, message.offset)
             return
+        finally:
+            # Send the queued changelog records before the batch is acknowledged, also when it failed
+            # after some users were written.
+            await self.user_states.drain()
 
         self.stats.applied[kind] += result.applied
         self.stats.duplicates[kind] += result.duplicates
         for message, error in result.rejected:
             await self.dead_letters.send(topic, message.key, message.value, error.reason, str(error), message.partition, message.offset)
-        await self.user_states.drain()
         await self.popularity.send(
             (image_id.encode(), None, str(count).encode()) for image_id, count in result.downloads_per_image.items()
         )
