@@ -12,16 +12,15 @@ compares every user's vector in Qdrant with the independent numpy computation of
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from crash_harness import run_crash_trial  # noqa: E402
+from trials import run_trials, write_summary  # noqa: E402
 from stylestream.models.simulation import SimulationConfig, simulate  # noqa: E402
 from stylestream.streams.broker import EmbeddedKafka  # noqa: E402
 
@@ -32,18 +31,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--kills", type=int, default=2)
     arguments = parser.parse_args()
-    results = []
-    folder = ROOT / "data" / "crash-trials"
-    with EmbeddedKafka(heap="1g") as kafka:
-        for trial in range(arguments.trials):
-            shutil.rmtree(folder / str(trial), ignore_errors=True)
-            marketplace = simulate(SimulationConfig(seed=100 + trial))
-            started = time.monotonic()
-            result = run_crash_trial(kafka, folder / str(trial), marketplace, kills=arguments.kills, seed=trial)
-            result["seconds"] = round(time.monotonic() - started, 1)
-            results.append(result)
-            print(json.dumps({"trial": trial, **result}), flush=True)
-    summary = {
+
+    def trial(kafka: EmbeddedKafka, folder: Path, number: int) -> dict[str, Any]:
+        marketplace = simulate(SimulationConfig(seed=100 + number))
+        return run_crash_trial(kafka, folder, marketplace, kills=arguments.kills, seed=number)
+
+    results = run_trials("crash", arguments.trials, trial)
+    write_summary("crash", {
         "crash_trials": len(results),
         "crash_events_per_trial": min(result["events"] for result in results),
         "crash_kills_per_trial": arguments.kills,
@@ -51,12 +45,7 @@ def main() -> None:
         "crash_lost_users": sum(len(result["lost_users"]) for result in results),
         "crash_miscounted_users": sum(len(result["miscounted_users"]) for result in results),
         "crash_liveness_restarts": sum(result["liveness_restarts"] for result in results),
-        "trials": results,
-    }
-    output = ROOT / "benchmarks" / "results" / "crash.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(summary, indent=2))
-    print(json.dumps({key: value for key, value in summary.items() if key != "trials"}, indent=2))
+    }, results)
 
 
 if __name__ == "__main__":

@@ -12,17 +12,16 @@ independent numpy computation of its events. Results go to benchmarks/results/re
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from crash_harness import trial_settings  # noqa: E402
 from rebalance_harness import run_rebalance_trial  # noqa: E402
+from trials import run_trials, write_summary  # noqa: E402
 from stylestream.models.simulation import SimulationConfig, simulate  # noqa: E402
 from stylestream.streams.broker import EmbeddedKafka  # noqa: E402
 
@@ -33,19 +32,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10)
     arguments = parser.parse_args()
 
-    results = []
-    folder = ROOT / "data" / "rebalance-trials"
-    with EmbeddedKafka(heap="1g") as kafka:
-        for trial in range(arguments.trials):
-            shutil.rmtree(folder / str(trial), ignore_errors=True)
-            marketplace = simulate(SimulationConfig(images=120, users=16, styles=5, subjects=8, seed=200 + trial))
-            started = time.monotonic()
-            result = run_rebalance_trial(trial_settings(kafka, folder / str(trial)), folder / str(trial), marketplace)
-            result["seconds"] = round(time.monotonic() - started, 1)
-            results.append(result)
-            print(json.dumps({"trial": trial, **result}), flush=True)
+    def trial(kafka: EmbeddedKafka, folder: Path, number: int) -> dict[str, Any]:
+        marketplace = simulate(SimulationConfig(images=120, users=16, styles=5, subjects=8, seed=200 + number))
+        return run_rebalance_trial(trial_settings(kafka, folder), folder, marketplace)
 
-    summary = {
+    results = run_trials("rebalance", arguments.trials, trial)
+    write_summary("rebalance", {
         "rebalance_trials": len(results),
         "rebalance_events_per_trial": min(result["events"] for result in results),
         "rebalance_max_abs_diff": max(result["max_abs_diff"] for result in results),
@@ -54,13 +46,7 @@ def main() -> None:
         "rebalance_duplicated_users": sum(len(result["duplicated_users"]) for result in results),
         "rebalance_undrained_trials": sum(not result["drained"] for result in results),
         "rebalance_liveness_restarts": sum(result["liveness_restarts"] for result in results),
-        "trials": results,
-    }
-
-    output = ROOT / "benchmarks" / "results" / "rebalance.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(summary, indent=2))
-    print(json.dumps({key: value for key, value in summary.items() if key != "trials"}, indent=2))
+    }, results)
 
 
 if __name__ == "__main__":
