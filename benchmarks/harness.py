@@ -132,8 +132,8 @@ def produce_paced(settings: Settings, events: list[tuple[str, dict[str, Any]]], 
     """
     topics = {"searches": settings.searches_topic, "downloads": settings.downloads_topic}
     counts = {topic: 0 for topic in topics.values()}
-    # Encoded up front, and sent with a 5 ms linger, so that the load generator takes little of
-    # the CPU the worker is measured on; the linger counts towards the measured freshness.
+    # Events are encoded up front and sent with a 5 ms linger, so the load generator takes little
+    # of the CPU the worker is measured on. The linger counts towards the measured freshness.
     messages = [(topics[kind], event["user_id"].encode(), json.dumps(event).encode()) for kind, event in events]
     producer = _producer(settings.bootstrap_servers, linger_ms=5)
     started = time.monotonic()

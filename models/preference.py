@@ -100,8 +100,8 @@ class UserState:
 
     def to_dict(self) -> dict[str, Any]:
         """Convert to plain JSON types for the table changelog."""
-        # NOTE: each batch that changes a user rewrites the whole state, remembered searches included
-        # (about 12 KB per user on the simulated workload); building and serialising it is still a
+        # NOTE: each batch that changes a user rewrites the whole state, remembered searches included,
+        # about 12 KB per user on the simulated workload. Building and serialising it is still a
         # large share of the worker's time.
         return {
             "user_id": self.user_id,

@@ -21,10 +21,10 @@ or to the log start when none is committed, as `consumer_auto_offset_reset="earl
 
 The fetch wait. Faust creates its aiokafka consumer with `fetch_max_wait_ms=1500`. aiokafka keeps
 one fetch request in flight per broker and leaves out partitions that still have fetched records
-buffered, so a request can hold only partitions without new data, such as an idle images topic.
-The broker then holds it for the whole 1.5 s while events wait on the partitions left out. Under
-paced load in `benchmarks/run.py`, consumption stopped for about 1.5 s at a time and the freshness
-p99 stayed near 5 s. `install_fetch_max_wait` lowers the wait.
+buffered, so a request can contain only partitions without new data, such as an idle images
+topic. The broker then answers it only after the whole 1.5 s, while events wait on the partitions
+left out. Under paced load in `benchmarks/run.py`, consumption stopped for about 1.5 s at a time
+and the freshness p99 stayed near 5 s. `install_fetch_max_wait` lowers the wait.
 """
 
 from __future__ import annotations

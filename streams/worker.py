@@ -84,7 +84,7 @@ def read_worker_address(settings: Settings) -> str | None:
 def tune_garbage_collector() -> None:
     """Keep the objects that exist now out of garbage collection, and collect young objects less often.
 
-    The worker's heap holds torch, Qdrant and Faust modules: each full collection walked them all,
+    The worker's heap contains the torch, Qdrant and Faust modules, and each full collection walked them all,
     which halved the rate of the user path in `benchmarks/table_memory.py` (measured with CPython 3.11).
     """
     gc.collect()
