@@ -27,6 +27,7 @@ from stylestream.streams.images import ImageIndexer, ImageVectorCache
 from stylestream.streams.kafka_security import faust_credentials, kafka_python_options
 from stylestream.streams.lag import StallDetector, consumer_lag
 from stylestream.streams.ordering import OffsetGuard, RecordLookup
+from stylestream.streams.popularity import InvalidPopularityRecord, decode_counts, encode_counts
 from stylestream.streams.processor import PROCESSING_ERROR, StateCache, UserMessage, UserProcessor
 from stylestream.streams.settings import Settings
 from stylestream.streams.sink import UserSink
@@ -195,9 +196,7 @@ class StyleStreamApp:
         self.stats.duplicates[kind] += result.duplicates
         for message, error in result.rejected:
             await self.dead_letters.send(topic, message.key, message.value, error.reason, str(error), message.partition, message.offset)
-        await self.popularity.send(
-            (image_id.encode(), None, str(count).encode()) for image_id, count in result.downloads_per_image.items()
-        )
+        await self.popularity.send(encode_counts(result.downloads_per_image, self.settings.image_partitions))
 
     async def _images_agent(self, stream: faust.StreamT) -> None:
         topic = self.settings.images_topic
@@ -226,27 +225,19 @@ class StyleStreamApp:
             deltas: Counter[tuple[int, str]] = Counter()
             for event in events:
                 message = event.message
-                if not message.key:
-                    log.error("Ignoring popularity record %s[%d]@%d without an image id key", message.topic, message.partition, message.offset)
+                try:
+                    counts = decode_counts(message.key, event.value)
+                except InvalidPopularityRecord as exc:
+                    log.error("Ignoring popularity record %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
                     continue
-                deltas[(message.partition, message.key.decode())] += self._download_count(message, event.value)
+                for image_id, count in counts.items():
+                    deltas[(message.partition, image_id)] += count
             self.stats.downloads_counted += sum(deltas.values())
             for (partition, image_id), delta in deltas.items():
                 total = self.download_counts.data.get(image_id, 0) + delta
                 self.image_counts.write(image_id, partition, total)
                 self.sink.mark_image_count(image_id, total)
             await self.image_counts.drain()
-
-    @staticmethod
-    def _download_count(message: Any, value: bytes | None) -> int:
-        """Return a popularity record's count: its value as a decimal integer, where an empty value counts 1."""
-        if not value:
-            return 1
-        try:
-            return int(value)
-        except ValueError:
-            log.error("Ignoring popularity record %s[%d]@%d with invalid count %r", message.topic, message.partition, message.offset, value[:32])
-            return 0
 
     async def _flush(self) -> None:
         await self.sink.flush()

@@ -12,22 +12,51 @@ from stylestream.streams.changelog import ChangelogWriter
 from stylestream.streams.stats import WorkerStats
 
 
+class FakeBatch:
+    """A record batch that holds up to `capacity` records, like aiokafka's BatchBuilder by size."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.records: list[tuple[bytes | None, bytes]] = []
+
+    def append(self, *, key: bytes | None, value: bytes, timestamp: Any) -> object | None:
+        if len(self.records) >= self.capacity:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
 class SlowProducer:
-    """Accept each record after yielding to the event loop, and keep what was sent."""
+    """Accept each batch after yielding to the event loop, and keep what was sent.
 
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bytes, int]] = []
+    It stands in for aiokafka's producer behind Faust's (`_ensure_producer` returns itself).
+    """
 
-    async def send(self, topic: str, key: bytes, value: bytes, partition: int, timestamp: Any, headers: Any) -> asyncio.Future:
+    def __init__(self, batch_capacity: int = 100, failing_partition: int | None = None) -> None:
+        self.batch_capacity = batch_capacity
+        self.failing_partition = failing_partition
+        self.sent: list[tuple[str, bytes | None, bytes, int]] = []
+        self.batches = 0
+
+    def _ensure_producer(self) -> "SlowProducer":
+        return self
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch(self.batch_capacity)
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future:
         await asyncio.sleep(0)
-        self.sent.append((topic, key, value, partition))
+        if partition == self.failing_partition:
+            raise ConnectionError(f"partition {partition} is unavailable")
+        self.batches += 1
+        self.sent.extend((topic, key, value, partition) for key, value in batch.records)
         delivery: asyncio.Future = asyncio.get_running_loop().create_future()
         delivery.set_result(None)
         return delivery
 
 
-def make_writer() -> tuple[ChangelogWriter, SlowProducer, SimpleNamespace]:
-    producer = SlowProducer()
+def make_writer(producer: SlowProducer | None = None) -> tuple[ChangelogWriter, SlowProducer, SimpleNamespace]:
+    producer = producer or SlowProducer()
     table = SimpleNamespace(data={}, changelog_topic=SimpleNamespace(get_topic_name=lambda: "app-user-state-changelog"))
     return ChangelogWriter(SimpleNamespace(producer=producer), table, WorkerStats()), producer, table
 
@@ -65,3 +94,40 @@ def test_drain_returns_after_own_records_sent() -> None:
         return len(producer.sent)
 
     assert asyncio.run(run()) == 1
+
+
+def test_full_batch_continues_in_next() -> None:
+    writer, producer, _ = make_writer(SlowProducer(batch_capacity=2))
+
+    async def run() -> None:
+        for version in range(5):
+            writer.write(f"user-{version}", 1, {"version": version})
+        await writer.drain()
+
+    asyncio.run(run())
+
+    assert producer.batches == 3
+    assert [orjson.loads(value)["version"] for _, _, value, _ in producer.sent] == [0, 1, 2, 3, 4]
+
+
+def test_failed_send_keeps_unsent_records() -> None:
+    writer, producer, _ = make_writer(SlowProducer(failing_partition=1))
+
+    async def run() -> None:
+        writer.write("user-a", 0, {"version": 1})
+        writer.write("user-b", 1, {"version": 1})
+        writer.write("user-c", 1, {"version": 2})
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+        else:
+            raise AssertionError("drain should raise the producer's error")
+        producer.failing_partition = None
+        await writer.drain()
+
+    asyncio.run(run())
+
+    assert [(key, partition) for _, key, _, partition in producer.sent] == [
+        (b'"user-a"', 0), (b'"user-b"', 1), (b'"user-c"', 1),
+    ]

@@ -116,3 +116,18 @@ def test_edge_aliases_survive_reopen(tmp_path: Path) -> None:
 
     assert point is not None
     assert point.vector.tolist() == pytest.approx([1.0, 0.0, 0.0])
+
+
+def test_user_payload_lists_round_trip(store: StyleStore) -> None:
+    downloads = [f"img-{number}" for number in range(200)]
+    store.upsert_user_matrix(["heavy"], np.array([[0.0, 1.0, 0.0]], dtype=np.float32), [{"user_id": "heavy", "recent_downloads": downloads}])
+
+    point = store.get_user("heavy")
+    fan = store.get_user("fan")
+
+    assert point is not None
+    assert point.payload["recent_downloads"] == downloads
+    assert fan is not None
+    assert fan.payload["recent_downloads"] == ["a"]
+    assert store.upsert_users_if_newer([("fan", np.array([1.0, 0.0, 0.0]), {"user_id": "fan", "event_count": 1, "model_version": "m", "recent_downloads": ["a", "b"]})]) == 1
+    assert store.get_user("fan").payload["recent_downloads"] == ["a", "b"]
