@@ -397,8 +397,8 @@ def _remembered_searches(
         searches = {}
         for link in order_list[max(user_start, user_end - bound):user_end]:
             timestamp = timestamps[link]
-            searches[links.search_ids[link]] = SearchLink(
-                None if np.isnan(timestamp) else timestamp, results[link], downloaded_ids[starts[link]:ends[link]]
+            searches[links.search_ids[link]] = (
+                None if np.isnan(timestamp) else timestamp, results[link], tuple(downloaded_ids[starts[link]:ends[link]])
             )
         remembered.append(searches)
     return remembered

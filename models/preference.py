@@ -22,7 +22,9 @@ The served vector is the normalised sum. A user without positive mass (no downlo
 from __future__ import annotations
 
 import math
+from bisect import insort
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Mapping
 
 import numpy as np
@@ -65,17 +67,13 @@ def decay_factor(age_seconds: float | np.ndarray, half_life_seconds: float) -> f
     return np.exp2(-np.asarray(age_seconds, dtype=np.float64) / half_life_seconds)
 
 
-@dataclass
-class SearchLink:
-    """A search remembered for linking downloads to it.
-
-    `results` is None while only downloads naming the search have arrived. `downloaded` lists the
-    images downloaded from it; negatives are in the sum exactly when both are present.
-    """
-
-    timestamp: float | None = None
-    results: list[str] | None = None
-    downloaded: list[str] = field(default_factory=list)
+# A search remembered for linking downloads to it: (timestamp, results, downloaded). `results` is
+# None while only downloads naming the search have arrived, and `downloaded` lists the images
+# downloaded from it. Negatives are in the sum exactly when both are present. Links are plain tuples,
+# replaced and never changed in place, so `UserState.to_dict` can share them with the table value
+# and orjson writes them as JSON arrays.
+SearchLink = tuple[float | None, list[str] | None, tuple[str, ...]]
+NO_LINK: SearchLink = (None, None, ())
 
 
 @dataclass
@@ -99,10 +97,14 @@ class UserState:
         return cls(user_id=user_id, vector=np.zeros(dim, dtype=np.float64))
 
     def to_dict(self) -> dict[str, Any]:
-        """Convert to plain JSON types for the table changelog."""
+        """Convert to JSON types for the table changelog: tuples become arrays, as lists do.
+
+        The dict's containers are copies. What they share with the state (links, download entries,
+        result lists) the update functions never change in place.
+        """
         # NOTE: each batch that changes a user rewrites the whole state, remembered searches included,
-        # about 12 KB per user on the simulated workload. Building and serialising it is still a
-        # large share of the worker's time.
+        # about 12 KB per user on the simulated workload, and serialising it is a large share of the
+        # worker's time.
         return {
             "user_id": self.user_id,
             "vector": self.vector.tolist(),
@@ -110,11 +112,8 @@ class UserState:
             "positive_mass": self.positive_mass,
             "event_count": self.event_count,
             "last_event_time": self.last_event_time,
-            "recent_downloads": [[t, image_id] for t, image_id in self.recent_downloads],
-            # Copies of the mutable lists, so later in-place updates of this state leave the dict as it was.
-            "searches": {
-                search_id: [link.timestamp, link.results, list(link.downloaded)] for search_id, link in self.searches.items()
-            },
+            "recent_downloads": list(self.recent_downloads),
+            "searches": dict(self.searches),
             "applied_offsets": dict(self.applied_offsets),
             "recent_event_ids": list(self.recent_event_ids),
         }
@@ -131,7 +130,7 @@ class UserState:
             last_event_time=data["last_event_time"],
             recent_downloads=[(t, image_id) for t, image_id in data["recent_downloads"]],
             searches={
-                search_id: SearchLink(timestamp, results, list(downloaded))
+                search_id: (timestamp, results, tuple(downloaded))
                 for search_id, (timestamp, results, downloaded) in data["searches"].items()
             },
             applied_offsets=dict(data["applied_offsets"]),
@@ -170,6 +169,10 @@ def _add_sum(state: UserState, weight: float, timestamp: float, vector_sum: np.n
     state.vector += (weight * math.exp2(-(state.t_ref - timestamp) / half_life)) * vector_sum
 
 
+def _newest_first(item: tuple[float, str]) -> tuple[float, str]:
+    return -item[0], item[1]
+
+
 def _count_event(state: UserState, timestamp: float) -> None:
     state.event_count += 1
     if state.last_event_time is None or timestamp > state.last_event_time:
@@ -179,12 +182,13 @@ def _count_event(state: UserState, timestamp: float) -> None:
 def _apply_negatives(
     state: UserState, link: SearchLink, skip: set[str], vectors: Mapping[str, np.ndarray], params: PreferenceParams
 ) -> None:
-    if params.impression_weight == 0 or link.results is None or link.timestamp is None:
+    timestamp, results, _ = link
+    if params.impression_weight == 0 or results is None or timestamp is None:
         return
     # Every negative has the search's event time, so one decayed add of their sum is the same update.
-    ignored = [vectors[image_id] for image_id in link.results if image_id not in skip]
+    ignored = [vectors[image_id] for image_id in results if image_id not in skip]
     if ignored:
-        _add_sum(state, -params.impression_weight, link.timestamp, np.sum(ignored, axis=0), params)
+        _add_sum(state, -params.impression_weight, timestamp, np.sum(ignored, axis=0), params)
 
 
 def _bound_searches(state: UserState, params: PreferenceParams) -> None:
@@ -194,7 +198,7 @@ def _bound_searches(state: UserState, params: PreferenceParams) -> None:
         return
     # NOTE: a download that arrives after its search was forgotten gets no negatives, so order
     # independence holds only while each user has at most `max_tracked_searches` open searches.
-    by_age = sorted(state.searches.items(), key=lambda item: (item[1].timestamp or 0.0, item[0]))
+    by_age = sorted(state.searches.items(), key=lambda item: (item[1][0] or 0.0, item[0]))
     for search_id, _ in by_age[:excess]:
         del state.searches[search_id]
 
@@ -217,26 +221,30 @@ def apply_download(
     state.positive_mass += params.download_weight * math.exp2(-(state.t_ref - timestamp) / params.half_life_seconds)
     _count_event(state, timestamp)
 
-    # Each image appears once, at its newest download time, so repeats do not crowd out others.
-    previous = next((t for t, seen in state.recent_downloads if seen == image_id), None)
-    if previous is None or timestamp > previous:
-        state.recent_downloads = [item for item in state.recent_downloads if item[1] != image_id]
-        state.recent_downloads.append((timestamp, image_id))
-        state.recent_downloads.sort(key=lambda item: (-item[0], item[1]))
-        del state.recent_downloads[params.max_recent_downloads:]
+    # Each image appears once, at its newest download time, so repeats do not crowd out others. The
+    # list stays sorted newest first, so a new entry is inserted in place rather than re-sorted.
+    recent = state.recent_downloads
+    ids = list(map(itemgetter(1), recent))
+    position = ids.index(image_id) if image_id in ids else None
+    if position is None or timestamp > recent[position][0]:
+        if position is not None:
+            del recent[position]
+        insort(recent, (timestamp, image_id), key=_newest_first)
+        del recent[params.max_recent_downloads:]
 
     if search_id is None:
         return
-    link = state.searches.setdefault(search_id, SearchLink())
-    if image_id in link.downloaded:
+    link = state.searches.get(search_id, NO_LINK)
+    search_time, results, downloaded = link
+    if image_id in downloaded:
         return
-    if link.results is not None and link.timestamp is not None:
-        if not link.downloaded:
+    if results is not None and search_time is not None:
+        if not downloaded:
             _apply_negatives(state, link, {image_id}, result_vectors or {}, params)
-        elif image_id in link.results and params.impression_weight:
+        elif image_id in results and params.impression_weight:
             # The image was counted as an ignored impression by an earlier download; take that back.
-            _add(state, params.impression_weight, link.timestamp, image_vector, params)
-    link.downloaded.append(image_id)
+            _add(state, params.impression_weight, search_time, image_vector, params)
+    state.searches[search_id] = (search_time, results, downloaded + (image_id,))
     _bound_searches(state, params)
 
 
@@ -254,13 +262,13 @@ def apply_search(
     id seen before with results is a duplicate and changes nothing.
     """
     _count_event(state, timestamp)
-    link = state.searches.setdefault(search_id, SearchLink())
-    if link.results is not None:
+    _, known_results, downloaded = state.searches.get(search_id, NO_LINK)
+    if known_results is not None:
         return
-    link.timestamp = timestamp
-    link.results = [image_id for image_id in results if image_id in result_vectors]
-    if link.downloaded:
-        _apply_negatives(state, link, set(link.downloaded), result_vectors, params)
+    link = (timestamp, [image_id for image_id in results if image_id in result_vectors], downloaded)
+    state.searches[search_id] = link
+    if downloaded:
+        _apply_negatives(state, link, set(downloaded), result_vectors, params)
     _bound_searches(state, params)
 
 
@@ -268,10 +276,10 @@ def vectors_needed_for_download(state: UserState, search_id: str | None) -> list
     """Return the image ids whose vectors `apply_download` needs for the linked search."""
     if search_id is None:
         return []
-    link = state.searches.get(search_id)
-    if link is None or link.results is None or link.downloaded:
+    _, results, downloaded = state.searches.get(search_id, NO_LINK)
+    if results is None or downloaded:
         return []
-    return list(link.results)
+    return list(results)
 
 
 def user_vector(state: UserState, min_mass: float = 1e-12) -> np.ndarray | None:

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 
 from stylestream.models.batch import EventLog, build_states
-from stylestream.models.preference import PreferenceParams, SearchLink, user_vector
+from stylestream.models.preference import PreferenceParams, user_vector
 from stylestream.streams.replay import user_payloads
 from stylestream.streams.sink import user_payload
 from test_preference import DIM, _apply, streams
@@ -85,8 +85,8 @@ def test_hand_over_bookkeeping() -> None:
     state = build_states(log, vectors, PreferenceParams(), 2).states["u"]
 
     assert list(state.searches) == ["s0", "s1"]
-    assert state.searches["s0"] == SearchLink(None, None, ["b"])
-    assert state.searches["s1"] == SearchLink(10.0, ["a", "b"], ["a"])
+    assert state.searches["s0"] == (None, None, ("b",))
+    assert state.searches["s1"] == (10.0, ["a", "b"], ("a",))
     assert state.applied_offsets == {"searches:0": 9, "downloads:1": 8}
     assert state.recent_event_ids == ["e1", "e2", "e3", "e4", "e5"]
     assert state.recent_downloads == [(25.0, "a"), (5.0, "b")]

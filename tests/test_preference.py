@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -156,6 +157,33 @@ def test_state_dict_round_trip_keeps_everything() -> None:
 
     assert restored.to_dict() == state.to_dict()
     assert np.array_equal(restored.vector, state.vector)
+
+
+def test_state_dict_unchanged_by_later_updates() -> None:
+    params = PreferenceParams()
+    vectors = {"a": np.array([1.0, 2.0]), "b": np.array([0.5, 0.0])}
+    state = UserState.empty("u", 2)
+    apply_download(state, "a", 1.0, vectors["a"], "s1", params, vectors)
+    stored = state.to_dict()
+    expected = orjson.loads(orjson.dumps(stored))
+
+    apply_search(state, "s1", 1.0, ["a", "b"], vectors, params)
+    apply_download(state, "b", 2.0, vectors["b"], "s1", params, vectors)
+    apply_download(state, "a", 3.0, vectors["a"], None, params)
+    state.applied_offsets["downloads:0"] = 9
+    state.remember_event("e9", 64)
+
+    assert orjson.loads(orjson.dumps(stored)) == expected
+
+
+def test_recent_downloads_stay_sorted() -> None:
+    params = PreferenceParams(max_recent_downloads=4)
+    state = UserState.empty("u", 2)
+    history = [(5.0, "e"), (1.0, "a"), (3.0, "c"), (3.0, "b"), (2.0, "a"), (6.0, "c"), (0.5, "z"), (4.0, "d")]
+    for t, image in history:
+        apply_download(state, image, t, np.ones(2), None, params)
+
+    assert state.recent_downloads == [(6.0, "c"), (5.0, "e"), (4.0, "d"), (3.0, "b")]
 
 
 def test_update_leaves_caller_vectors_untouched() -> None:
