@@ -79,7 +79,7 @@ class StateCache:
             self._entries.popitem(last=False)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class UserMessage:
     """One consumed downloads or searches message: raw key and value, where it came from, when it was produced."""
 
@@ -90,7 +90,7 @@ class UserMessage:
     produced_at: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Event:
     """A validated event of a batch and the message it came from."""
 
@@ -271,6 +271,7 @@ class UserProcessor:
         """Apply events in order until one needs a vector not in `vectors`; write the changed users; return the rest."""
         loaded: dict[str, tuple[Any, UserState]] = {}
         applied: dict[str, list[_Event]] = {}
+        sources: dict[int, str] = {}
         rest: list[_Event] = []
         for position, event in enumerate(events):
             user_id = event.user_id
@@ -278,14 +279,17 @@ class UserProcessor:
                 loaded[user_id] = self._load_state(user_id, for_update=True)
                 applied[user_id] = []
             state = loaded[user_id][1]
-            source = f"{topic}:{event.message.partition}"
+            partition = event.message.partition
+            source = sources.get(partition) or sources.setdefault(partition, f"{topic}:{partition}")
             last = state.applied_offsets.get(source)
             if last is not None and event.message.offset <= last:
                 result.duplicates += 1
                 continue
-            if kind == "downloads" and not set(vectors_needed_for_download(state, event.search_id)) <= vectors.keys():
-                rest = events[position:]
-                break
+            if kind == "downloads":
+                needed = vectors_needed_for_download(state, event.search_id)
+                if needed and not vectors.keys() >= set(needed):
+                    rest = events[position:]
+                    break
 
             try:
                 self._apply_event(kind, state, source, event, vectors)
