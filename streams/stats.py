@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 SIZE_BUCKETS = (1, 10, 50, 100, 500, 1000, 5000, 10000, 50000)
 
 
