@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -231,14 +231,23 @@ def evaluate_log(
     holdout_fraction: float = 0.1,
     params: PreferenceParams = PreferenceParams(),
     seed: int = 0,
+    extra_downloads: Sequence[Download] = (),
 ) -> dict[str, Any]:
     """Evaluate each encoder in `encoders`, raw deep features, popularity and random on `log`.
 
     A user is evaluated when they have a held-out download of an image they did not download in the
     training part; such images are excluded from their recommendations. Users without a vector get
-    the popularity ranking, as the stream serves them. Returns the split figures and one dict per row.
+    the popularity ranking, as the stream serves them. Popularity counts the downloads before the
+    cutoff of the log and of `extra_downloads`, because the stream counts every user's downloads.
+    Extra users are neither evaluated nor given vectors, and EvaluationError is raised when one of
+    them has events in `log`. Returns the split figures and one dict per row.
     """
     split = temporal_split(log.searches, log.downloads, holdout_fraction)
+    log_users = {event.user_id for event in [*log.searches, *log.downloads]}
+    shared = log_users & {event.user_id for event in extra_downloads}
+    if shared:
+        raise EvaluationError(f"extra downloads include {len(shared)} users of the evaluated log, e.g. {sorted(shared)[0]!r}. "
+                              "Pass downloads of other users only.")
     # NOTE: the catalogue is every image in the log, including images published after the cutoff.
     index = {image.image_id: position for position, image in enumerate(log.images)}
     downloaded: dict[str, set[int]] = {}
@@ -261,6 +270,11 @@ def evaluate_log(
     for event in split.train_downloads:
         if event.image_id in index:
             counts[index[event.image_id]] += 1
+    extra_counted = 0
+    for event in extra_downloads:
+        if event.timestamp < split.cutoff and event.image_id in index:
+            counts[index[event.image_id]] += 1
+            extra_counted += 1
     popularity = np.lexsort((np.arange(len(counts)), -counts)).tolist()
 
     vector_rows: dict[str, Callable[[], np.ndarray]] = {name: (lambda e=encoder: encode_images(e, log.images)) for name, encoder in encoders.items()}
@@ -289,5 +303,6 @@ def evaluate_log(
         "images": len(log.images),
         "train_events": len(split.train_searches) + len(split.train_downloads),
         "test_downloads": len(split.test_downloads),
+        "extra_downloads_counted": extra_counted,
         "rows": rows,
     }

@@ -69,6 +69,29 @@ def load_events(options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         return load_event_log(Path(folder)), description
 
 
+def load_extra_events(folders: tuple[Path, ...], events: Any) -> tuple[list[Any], list[Any]]:
+    """Read the searches and downloads of every `--extra-events` folder, in folder order.
+
+    Raises click.BadParameter when a folder shares a user id with `events`, the log that the command
+    splits and evaluates.
+    """
+    from stylestream.models.evaluation import read_jsonl
+
+    log_users = {event.user_id for event in [*events.searches, *events.downloads]}
+    searches: list[Any] = []
+    downloads: list[Any] = []
+    for folder in folders:
+        extra_searches = read_jsonl(folder / "searches.jsonl", "searches")
+        extra_downloads = read_jsonl(folder / "downloads.jsonl", "downloads")
+        shared = log_users & {event.user_id for event in [*extra_searches, *extra_downloads]}
+        if shared:
+            raise click.BadParameter(f"{folder} shares {len(shared)} user ids with the log, e.g. {sorted(shared)[0]!r}. "
+                                     "Simulate the extra users with another user id prefix.", param_hint="--extra-events")
+        searches.extend(extra_searches)
+        downloads.extend(extra_downloads)
+    return searches, downloads
+
+
 @click.command()
 @event_options
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the trained encoder.")
@@ -101,7 +124,7 @@ def train(checkpoint: Path, temperature: float, batch_size: int, epochs: int, le
           ranking_weight: float, extra_events: tuple[Path, ...], device: str | None, plots: Path | None, no_progress: bool, **options: Any) -> None:
     """Train the style encoder with InfoNCE on the downloads before the held-out part of the log."""
     from stylestream.models.encoder import EncoderConfig
-    from stylestream.models.evaluation import read_jsonl, temporal_split
+    from stylestream.models.evaluation import temporal_split
     from stylestream.models.training import TrainingConfig, plot_loss_curve, save_checkpoint, train_encoder
     from stylestream.streams.cli import configure_logging
 
@@ -113,16 +136,9 @@ def train(checkpoint: Path, temperature: float, batch_size: int, epochs: int, le
     if fraction > 0:
         split = temporal_split(events.searches, events.downloads, fraction)
         searches, downloads, cutoff = split.train_searches, split.train_downloads, split.cutoff
-    log_users = {event.user_id for event in [*events.searches, *events.downloads]}
-    for folder in extra_events:
-        extra_searches = read_jsonl(folder / "searches.jsonl", "searches")
-        extra_downloads = read_jsonl(folder / "downloads.jsonl", "downloads")
-        shared = log_users & {event.user_id for event in [*extra_searches, *extra_downloads]}
-        if shared:
-            raise click.BadParameter(f"{folder} shares {len(shared)} user ids with the log, e.g. {sorted(shared)[0]!r}. "
-                                     "Simulate the extra users with another user id prefix.", param_hint="--extra-events")
-        searches = searches + [event for event in extra_searches if event.timestamp < cutoff]
-        downloads = downloads + [event for event in extra_downloads if event.timestamp < cutoff]
+    extra_searches, extra_downloads = load_extra_events(extra_events, events)
+    searches = searches + [event for event in extra_searches if event.timestamp < cutoff]
+    downloads = downloads + [event for event in extra_downloads if event.timestamp < cutoff]
     if extra_events:
         source["extra_events"] = [str(folder) for folder in extra_events]
     config = TrainingConfig(temperature=temperature, batch_size=batch_size, epochs=epochs, learning_rate=learning_rate,
@@ -156,9 +172,17 @@ def checkpoint_metadata(path: Path) -> dict[str, Any]:
 @click.option("--half-life-days", type=float, default=30.0, show_default=True, help="Half-life of event weights in days.")
 @click.option("--download-weight", type=float, default=1.0, show_default=True, help="Weight of a download.")
 @click.option("--impression-weight", type=float, default=0.05, show_default=True, help="Negative weight of an ignored search result.")
+@click.option("--extra-events", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
+              help="Folder with searches.jsonl and downloads.jsonl of other users whose downloads before the cutoff count "
+                   "toward popularity; repeatable. Their user ids must differ from the log's, and they are not evaluated.")
 def evaluate(checkpoint: Path | None, json_path: Path | None, markdown: Path | None, plots: Path | None, seed: int,
-             half_life_days: float, download_weight: float, impression_weight: float, **options: Any) -> None:
-    """Evaluate encoders against raw deep features, popularity and random on a temporal split."""
+             half_life_days: float, download_weight: float, impression_weight: float, extra_events: tuple[Path, ...],
+             **options: Any) -> None:
+    """Evaluate encoders against raw deep features, popularity and random on a temporal split.
+
+    With --extra-events, popularity also counts other users' downloads before the cutoff, as the
+    stream counts every user's downloads.
+    """
     from stylestream.models.encoder import StyleEncoder, untrained_encoder
     from stylestream.models.evaluation import evaluate_log
     from stylestream.models.preference import PreferenceParams
@@ -167,12 +191,15 @@ def evaluate(checkpoint: Path | None, json_path: Path | None, markdown: Path | N
 
     configure_logging("WARNING")
     events, source = load_events(options)
+    _, extra_downloads = load_extra_events(extra_events, events)
+    if extra_events:
+        source["extra_events"] = [str(folder) for folder in extra_events]
     encoders = {}
     if checkpoint is not None:
         encoders["trained encoder"] = StyleEncoder.load(checkpoint)
     encoders["untrained encoder"] = untrained_encoder(feature_schema_of(events.images), seed=seed)
     params = PreferenceParams(download_weight=download_weight, impression_weight=impression_weight, half_life_days=half_life_days)
-    report = evaluate_log(events, encoders, options["holdout_fraction"], params, seed)
+    report = evaluate_log(events, encoders, options["holdout_fraction"], params, seed, extra_downloads)
     if checkpoint is not None:
         trained_until = checkpoint_metadata(checkpoint).get("trained_until")
         report["checkpoint"] = {"path": str(checkpoint), "model_version": encoders["trained encoder"].model_version, "trained_until": trained_until}
@@ -182,6 +209,8 @@ def evaluate(checkpoint: Path | None, json_path: Path | None, markdown: Path | N
     report["source"] = source
     table = markdown_table(report["rows"])
     click.echo(table)
+    if extra_events:
+        click.echo(f"Popularity counts {report['extra_downloads_counted']} downloads of --extra-events users before the cutoff {report['cutoff']}.")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2))

@@ -131,6 +131,57 @@ def test_popularity_excludes_own_downloads() -> None:
     assert set(rows) == {"deep features only", "popularity", "random"}
 
 
+def _popularity_log() -> EventLog:
+    """Return a log whose cutoff at holdout fraction 0.25 is 10.0, where only u1 downloads after it (img2).
+
+    Before the cutoff img0 has 2 downloads and img1 has 1, so popularity ranks img0, img1, img2, img3.
+    u1 downloaded img0 before the cutoff, which leaves img1 first and the target img2 second.
+    """
+    images = [_image(f"img{i}", [1.0, float(i)]) for i in range(4)]
+    table = [("u1", "img0", 1.0), ("u2", "img0", 2.0), ("u2", "img1", 3.0), ("u1", "img2", 10.0)]
+    downloads = [_download(number, user, image, timestamp) for number, (user, image, timestamp) in enumerate(table)]
+    return EventLog(images, [], downloads)
+
+
+def test_popularity_counts_extra_downloads() -> None:
+    extra = [_download(10, "x1", "img2", 4.0), _download(11, "x2", "img2", 5.0), _download(12, "x1", "missing", 6.0)]
+
+    plain = evaluate_log(_popularity_log(), {}, holdout_fraction=0.25)
+    report = evaluate_log(_popularity_log(), {}, holdout_fraction=0.25, extra_downloads=extra)
+    plain_rows = {row["row"]: row for row in plain["rows"]}
+    rows = {row["row"]: row for row in report["rows"]}
+
+    assert plain["cutoff"] == report["cutoff"] == 10.0
+    assert plain_rows["popularity"]["acc_curve"][:2] == [0.0, 1.0]
+    # img2 gains 2 downloads and ties img0 at 2, and the lower index breaks the tie:
+    # img0, img2, img1, img3. Without img0, u1's list starts with the target img2.
+    assert rows["popularity"]["acc_curve"][0] == 1.0
+    assert rows["popularity"]["users"] == 1
+    assert plain["extra_downloads_counted"] == 0
+    # The download of an image outside the catalogue is not counted.
+    assert report["extra_downloads_counted"] == 2
+    # Extra users get no vector and are not evaluated, so the vector rows do not change.
+    assert rows["deep features only"] == plain_rows["deep features only"]
+
+
+def test_popularity_ignores_extra_downloads_from_cutoff() -> None:
+    extra = [_download(10, "x1", "img2", 10.0), _download(11, "x2", "img2", 11.0), _download(12, "x2", "img3", 12.0)]
+
+    report = evaluate_log(_popularity_log(), {}, holdout_fraction=0.25, extra_downloads=extra)
+    rows = {row["row"]: row for row in report["rows"]}
+
+    assert report["cutoff"] == 10.0
+    assert report["extra_downloads_counted"] == 0
+    assert rows["popularity"]["acc_curve"][:2] == [0.0, 1.0]
+
+
+def test_evaluate_log_rejects_shared_extra_users() -> None:
+    extra = [_download(10, "x1", "img2", 4.0), _download(11, "u2", "img2", 5.0)]
+
+    with pytest.raises(EvaluationError, match="'u2'"):
+        evaluate_log(_popularity_log(), {}, holdout_fraction=0.25, extra_downloads=extra)
+
+
 def test_load_names_invalid_line(tmp_path: Path) -> None:
     for topic in ("images", "searches"):
         (tmp_path / f"{topic}.jsonl").write_text("")
@@ -157,18 +208,25 @@ def test_evaluate_command_writes_reports(tmp_path: Path) -> None:
     assert (tmp_path / "plots" / "acc_at_k.png").stat().st_size > 0
 
 
+def _write_extra_users(folder: Path) -> None:
+    """Simulate 20 users on the catalogue of seed 5 and write their events with user ids prefixed by "extra-"."""
+    from stylestream.models.simulation import SimulationConfig, simulate
+
+    other = simulate(SimulationConfig(images=300, users=20, seed=5), end_time=1.7e9)
+    for download in other.downloads:
+        download["user_id"] = "extra-" + download["user_id"]
+    for search in other.searches:
+        search["user_id"] = "extra-" + search["user_id"]
+    other.write(folder)
+
+
 def test_train_command_adds_extra_events(tmp_path: Path) -> None:
     from stylestream.models.simulation import SimulationConfig, simulate
 
     events = tmp_path / "events"
     extra = tmp_path / "extra"
     simulate(SimulationConfig(images=300, users=40, seed=5), end_time=1.7e9).write(events)
-    other = simulate(SimulationConfig(images=300, users=20, seed=5), end_time=1.7e9)
-    for download in other.downloads:
-        download["user_id"] = "extra-" + download["user_id"]
-    for search in other.searches:
-        search["user_id"] = "extra-" + search["user_id"]
-    other.write(extra)
+    _write_extra_users(extra)
     checkpoint = tmp_path / "encoder.pt"
     arguments = ["train", "--events", str(events), "--extra-events", str(extra), "--checkpoint", str(checkpoint),
                  "--batch-size", "32", "--epochs", "1", "--search-batch-size", "8", "--no-progress"]
@@ -194,3 +252,46 @@ def test_train_command_rejects_shared_users(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert "shares" in result.output
     assert not (tmp_path / "encoder.pt").exists()
+
+
+def test_evaluate_command_counts_extra_events(tmp_path: Path) -> None:
+    from stylestream.models.simulation import SimulationConfig, simulate
+
+    events = tmp_path / "events"
+    extra = tmp_path / "extra"
+    simulate(SimulationConfig(images=300, users=40, seed=5), end_time=1.7e9).write(events)
+    _write_extra_users(extra)
+    arguments = ["evaluate", "--events", str(events), "--json", str(tmp_path / "plain.json")]
+
+    plain_result = CliRunner().invoke(main, arguments)
+    result = CliRunner().invoke(main, [*arguments[:-1], str(tmp_path / "r.json"), "--extra-events", str(extra)])
+
+    assert plain_result.exit_code == 0, plain_result.output
+    assert result.exit_code == 0, result.output
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    report = json.loads((tmp_path / "r.json").read_text())
+    catalogue = {json.loads(line)["image_id"] for line in (events / "images.jsonl").read_text().splitlines()}
+    extra_downloads = [json.loads(line) for line in (extra / "downloads.jsonl").read_text().splitlines()]
+    expected = sum(1 for d in extra_downloads if d["timestamp"] < report["cutoff"] and d["image_id"] in catalogue)
+    assert 0 < expected < len(extra_downloads)
+    assert report["extra_downloads_counted"] == expected
+    assert f"Popularity counts {expected} downloads" in result.output
+    assert report["source"]["extra_events"] == [str(extra)]
+    assert report["cutoff"] == plain["cutoff"]
+    assert [row["users"] for row in report["rows"]] == [row["users"] for row in plain["rows"]]
+    assert plain["extra_downloads_counted"] == 0
+    assert "Popularity counts" not in plain_result.output
+
+
+def test_evaluate_command_rejects_shared_users(tmp_path: Path) -> None:
+    from stylestream.models.simulation import SimulationConfig, simulate
+
+    events = tmp_path / "events"
+    simulate(SimulationConfig(images=300, users=40, seed=5), end_time=1.7e9).write(events)
+    arguments = ["evaluate", "--events", str(events), "--extra-events", str(events), "--json", str(tmp_path / "r.json")]
+
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code != 0
+    assert "shares 40 user ids with the log" in result.output
+    assert not (tmp_path / "r.json").exists()
