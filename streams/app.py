@@ -22,6 +22,7 @@ from stylestream.models.encoder import StyleEncoder, untrained_encoder
 from stylestream.schemas.validation import PARSERS, InvalidEvent, Limits
 from stylestream.streams.changelog import ChangelogWriter, TopicSender
 from stylestream.streams.delivery import install_buffer_drain, install_committed_seek, install_fetch_max_wait
+from stylestream.streams.diagnostics import describe_tasks
 from stylestream.streams.dlq import DeadLetters
 from stylestream.streams.images import ImageIndexer, ImageVectorCache
 from stylestream.streams.kafka_security import faust_credentials, kafka_python_options
@@ -255,8 +256,11 @@ class StyleStreamApp:
         stalled = self.stall_detector.update(lags)
         self.stats.partition_lag = {f"{lag.topic}:{lag.partition}": lag.lag for lag in lags}
         names = sorted(f"{lag.topic}:{lag.partition}" for lag in stalled)
-        for name in set(names) - set(self.stats.stalled_partitions):
+        newly_stalled = set(names) - set(self.stats.stalled_partitions)
+        for name in sorted(newly_stalled):
             log.error("Partition %s made no progress for %.0f s while its lag is %d", name, self.stall_detector.stall_seconds, self.stats.partition_lag[name])
+        if newly_stalled:
+            log.error("Tasks while partitions stall:\n  %s", "\n  ".join(describe_tasks()))
         self.stats.stalled_partitions = names
 
     async def _flush_recovered_users(self) -> None:
