@@ -33,6 +33,10 @@ from stylestream.streams.settings import Settings  # noqa: E402
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of the side-by-side scenarios (default 3)")
+    parser.add_argument(
+        "--warmup", type=int, default=1,
+        help="repetitions run first and left out of the results, so none is measured on a cold broker (default 1)",
+    )
     parser.add_argument("--users", type=int, default=300, help="simulated users in the throughput workload (default 300, about 33k events)")
     parser.add_argument("--naive-events", type=int, default=4000, help="backlog of the naive pipeline (default 4000)")
     parser.add_argument("--load-share", type=float, default=0.5, help="paced load for freshness, as a share of the measured peak (default 0.5)")
@@ -49,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "results" / "latest.json", help="JSON result file")
     args = parser.parse_args()
     if args.quick:
-        args.repeats, args.users, args.naive_events, args.paced_seconds = 1, 100, 1500, 8.0
+        args.repeats, args.warmup, args.users, args.naive_events, args.paced_seconds = 1, 0, 100, 1500, 8.0
         args.memory_users, args.table_users = [20_000], [20_000]
     return args
 
@@ -137,6 +141,9 @@ def main() -> int:
         template_settings = Settings(broker=kafka.url, data_dir=work / "template")
         index_images(template_settings, workload.images)
         template = template_settings.qdrant_path
+        for number in range(args.warmup):
+            print(f"Warm-up repetition {number + 1}/{args.warmup} (left out of the results)", flush=True)
+            run_repetition(kafka, work / f"warmup{number}", workload, template, args)
         repetitions = []
         for number in range(args.repeats):
             print(f"Repetition {number + 1}/{args.repeats}", flush=True)

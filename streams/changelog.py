@@ -25,6 +25,9 @@ from stylestream.streams.stats import WorkerStats
 
 log = logging.getLogger(__name__)
 
+# Records of one partition per drain from which they go to aiokafka as one record batch.
+MIN_BATCH_RECORDS = 16
+
 
 class TopicSender:
     """Send raw records (key, partition, value) to one topic, in the order they were queued per partition."""
@@ -68,9 +71,18 @@ class TopicSender:
                     raise
 
     async def _send_partition(self, partition: int, items: list[tuple[bytes | None, bytes]]) -> None:
+        # Accepted records leave `items`, so on an error it holds the unsent ones.
+        if len(items) < MIN_BATCH_RECORDS:
+            # aiokafka holds one record batch per partition until its sender takes it, so a new batch
+            # waits up to the producer's linger time. A few records go one by one instead and join it.
+            while items:
+                key, value = items[0]
+                delivery = await self.app.producer.send(self.topic, key, value, partition, None, None)
+                delivery.add_done_callback(partial(self._check_delivery, 1))
+                del items[0]
+            return
         # NOTE: reaches aiokafka's producer through Faust's private _ensure_producer (faust-streaming
         # 0.15.3), because Faust's own send takes one record per call.
-        # Accepted records leave `items`, so on an error it holds the unsent ones.
         producer = self.app.producer._ensure_producer()
         while items:
             batch = producer.create_batch()

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from stylestream.streams.changelog import ChangelogWriter
+from stylestream.streams.changelog import MIN_BATCH_RECORDS, ChangelogWriter
 from stylestream.streams.stats import WorkerStats
 
 
@@ -37,9 +37,20 @@ class SlowProducer:
         self.failing_partition = failing_partition
         self.sent: list[tuple[str, bytes | None, bytes, int]] = []
         self.batches = 0
+        self.records_sent_alone = 0
 
     def _ensure_producer(self) -> "SlowProducer":
         return self
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int, timestamp: Any, headers: Any) -> asyncio.Future:
+        await asyncio.sleep(0)
+        if partition == self.failing_partition:
+            raise ConnectionError(f"partition {partition} is unavailable")
+        self.records_sent_alone += 1
+        self.sent.append((topic, key, value, partition))
+        delivery: asyncio.Future = asyncio.get_running_loop().create_future()
+        delivery.set_result(None)
+        return delivery
 
     def create_batch(self) -> FakeBatch:
         return FakeBatch(self.batch_capacity)
@@ -97,17 +108,34 @@ def test_drain_returns_after_own_records_sent() -> None:
 
 
 def test_full_batch_continues_in_next() -> None:
-    writer, producer, _ = make_writer(SlowProducer(batch_capacity=2))
+    writer, producer, _ = make_writer(SlowProducer(batch_capacity=7))
+    count = MIN_BATCH_RECORDS + 4
 
     async def run() -> None:
-        for version in range(5):
+        for version in range(count):
             writer.write(f"user-{version}", 1, {"version": version})
         await writer.drain()
 
     asyncio.run(run())
 
-    assert producer.batches == 3
-    assert [orjson.loads(value)["version"] for _, _, value, _ in producer.sent] == [0, 1, 2, 3, 4]
+    assert producer.batches == -(-count // 7)
+    assert producer.records_sent_alone == 0
+    assert [orjson.loads(value)["version"] for _, _, value, _ in producer.sent] == list(range(count))
+
+
+def test_few_records_sent_one_by_one() -> None:
+    writer, producer, _ = make_writer()
+
+    async def run() -> None:
+        for version in range(3):
+            writer.write(f"user-{version}", 0, {"version": version})
+        await writer.drain()
+
+    asyncio.run(run())
+
+    assert producer.batches == 0
+    assert producer.records_sent_alone == 3
+    assert [orjson.loads(value)["version"] for _, _, value, _ in producer.sent] == [0, 1, 2]
 
 
 def test_failed_send_keeps_unsent_records() -> None:
