@@ -22,6 +22,7 @@ app = faust.App(
     consumer_auto_offset_reset="earliest",
     broker_rebalance_timeout=3.0,
     web_host="127.0.0.1",
+    web_bind="127.0.0.1",
     web_port=int(os.environ["BENCH_WEB_PORT"]),
     web_in_thread=False,
     consumer_max_fetch_size=4 * 1_048_576,

@@ -92,6 +92,8 @@ class StyleStreamApp:
             table_standby_replicas=0,
             web_enabled=True,
             web_host=settings.web_host,
+            # Faust's web_host is only the advertised name; without web_bind it listens on 0.0.0.0.
+            web_bind=settings.web_host,
             web_port=settings.web_port,
             web_in_thread=False,
             producer_max_request_size=max(1_048_576, settings.max_message_bytes * 2),

@@ -73,20 +73,24 @@ def load_extra_events(folders: tuple[Path, ...], events: Any) -> tuple[list[Any]
     """Read the searches and downloads of every `--extra-events` folder, in folder order.
 
     Raises click.BadParameter when a folder shares a user id with `events`, the log that the command
-    splits and evaluates.
+    splits and evaluates, or with an earlier folder (a folder passed twice would count twice).
     """
     from stylestream.models.evaluation import read_jsonl
 
-    log_users = {event.user_id for event in [*events.searches, *events.downloads]}
+    known_users = {event.user_id for event in [*events.searches, *events.downloads]}
     searches: list[Any] = []
     downloads: list[Any] = []
     for folder in folders:
         extra_searches = read_jsonl(folder / "searches.jsonl", "searches")
         extra_downloads = read_jsonl(folder / "downloads.jsonl", "downloads")
-        shared = log_users & {event.user_id for event in [*extra_searches, *extra_downloads]}
+        folder_users = {event.user_id for event in [*extra_searches, *extra_downloads]}
+        shared = known_users & folder_users
         if shared:
-            raise click.BadParameter(f"{folder} shares {len(shared)} user ids with the log, e.g. {sorted(shared)[0]!r}. "
-                                     "Simulate the extra users with another user id prefix.", param_hint="--extra-events")
+            raise click.BadParameter(
+                f"{folder} shares {len(shared)} user id(s) with the log or an earlier --extra-events folder, "
+                f"e.g. {sorted(shared)[0]!r}. Pass folders that hold only other users' events.", param_hint="--extra-events",
+            )
+        known_users |= folder_users
         searches.extend(extra_searches)
         downloads.extend(extra_downloads)
     return searches, downloads

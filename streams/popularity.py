@@ -36,11 +36,15 @@ def encode_counts(counts: Mapping[str, int], partitions: int) -> list[tuple[None
 def decode_counts(key: bytes | None, value: bytes | None) -> dict[str, int]:
     """Return the download count per image of one popularity record.
 
-    Raises InvalidPopularityRecord when the value is neither a JSON object of positive integer
+    Raises InvalidPopularityRecord when a key is not UTF-8, or the value is neither a JSON object of positive integer
     counts nor, for a keyed record, a decimal count.
     """
     if key:
-        return {key.decode(): _keyed_count(value)}
+        try:
+            image_id = key.decode()
+        except UnicodeDecodeError:
+            raise InvalidPopularityRecord(f"key must be a UTF-8 image id, got {key[:32]!r}") from None
+        return {image_id: _keyed_count(value)}
     try:
         counts = orjson.loads(value or b"")
     except orjson.JSONDecodeError as exc:

@@ -143,10 +143,7 @@ class Settings(BaseSettings):
         return self.data_dir / ("qdrant-edge" if self.embedded_store == "edge" else "qdrant")
 
     def popularity_topic(self) -> str:
-        """Return the internal topic that carries applied download counts, keyed by image id.
-
-        Each record's value is the number of downloads as a decimal integer; an empty value counts one.
-        """
+        """Return the internal topic that carries applied download counts per image (see streams/popularity.py)."""
         return f"{self.app_id}-image-downloads"
 
     def dlq_topic(self, topic: str) -> str:

@@ -293,5 +293,22 @@ def test_evaluate_command_rejects_shared_users(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, arguments)
 
     assert result.exit_code != 0
-    assert "shares 40 user ids with the log" in result.output
+    assert "shares 40 user id(s) with the log" in result.output
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_evaluate_command_rejects_repeated_folder(tmp_path: Path) -> None:
+    from stylestream.models.simulation import SimulationConfig, simulate
+
+    events = tmp_path / "events"
+    extra = tmp_path / "extra"
+    simulate(SimulationConfig(images=300, users=40, seed=5), end_time=1.7e9).write(events)
+    _write_extra_users(extra)
+    arguments = ["evaluate", "--events", str(events), "--extra-events", str(extra), "--extra-events", str(extra),
+                 "--json", str(tmp_path / "r.json")]
+
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code != 0
+    assert "an earlier --extra-events folder" in result.output
     assert not (tmp_path / "r.json").exists()

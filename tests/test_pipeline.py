@@ -146,6 +146,7 @@ def pipeline(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> 
         recommendations = {user: worker.client.recommend(user, k=20) for user in marketplace.user_styles}
         rerank = worker.client.rerank(user_id, marketplace.searches[0]["results"], alpha=1.0)
         http = _http_answers(worker.client, user_id)
+        listening = _listen_addresses(web_port)
         with pytest.raises(StoreLockedError):
             StyleStore(settings)
     finally:
@@ -161,8 +162,27 @@ def pipeline(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> 
     return {
         "settings": settings, "marketplace": marketplace, "stats": stats, "cli": cli, "exit_code": exit_code,
         "recommendations": recommendations, "rerank": rerank, "http": http, "log_path": data_dir / "worker.log", "stored_users": stored_users, "image_vectors": image_vectors,
-        "popular": popular,
+        "popular": popular, "listening": listening,
     }
+
+
+def _listen_addresses(port: int) -> set[str]:
+    """Return the local addresses, as /proc/net/tcp writes them, of listening TCP sockets on `port`."""
+    found = set()
+    for name in ("tcp", "tcp6"):
+        table = Path("/proc/net") / name
+        if not table.exists():
+            continue
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            address, port_hex = fields[1].rsplit(":", 1)
+            if int(port_hex, 16) == port and fields[3] == "0A":  # 0A is TCP_LISTEN
+                found.add(address)
+    return found
+
+
+def test_web_listens_on_loopback_only(pipeline: dict[str, Any]) -> None:
+    assert pipeline["listening"] == {"0100007F"}  # 127.0.0.1, as /proc/net/tcp writes it
 
 
 def test_vectors_equal_numpy_reference(pipeline: dict[str, Any]) -> None:

@@ -46,6 +46,7 @@ def test_decode_keyed_record(key: bytes, value: bytes | None, expected: dict[str
         (None, None, "not JSON"),
         (b"img-1", b"seven", "decimal count"),
         (b"img-1", b"-2", "positive"),
+        (b"\xff", b"1", "UTF-8 image id"),
     ],
 )
 def test_decode_rejects_invalid_record(key: bytes | None, value: bytes | None, message: str) -> None:
