@@ -4,8 +4,9 @@ Faust's `table[key] = value` queues each changelog record in its ProducerBuffer,
 hands to aiokafka record by record, and `Topic.send` wraps every record in futures and callbacks.
 Here a table write sets the local store and queues its changelog record in the same step, so
 records leave in the order the values were set, even when two agents write the same key. The
-agents drain the queue after each batch, before its events are acknowledged, and a drain hands
-aiokafka one record batch per partition instead of one call per record. Faust flushes the
+agents drain the queue after each batch, before its events are acknowledged. A drain hands the
+records of a partition to aiokafka as one record batch when there are many, instead of one call
+per record. Faust flushes the
 producer before every offset commit, so a committed offset never covers an event whose records
 are unsent.
 """
