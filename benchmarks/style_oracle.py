@@ -59,6 +59,7 @@ from stylestream.models.evaluation import (
     load_event_log,
     normalised_deep_features,
     rank_by_vectors,
+    split_targets,
     temporal_split,
 )
 from stylestream.models.preference import PreferenceParams
@@ -84,22 +85,8 @@ def build_split_view(log: EventLog, holdout_fraction: float) -> SplitView:
     """Rebuild the split, targets, exclusions and popularity order exactly as `evaluate_log` does."""
     split = temporal_split(log.searches, log.downloads, holdout_fraction)
     index = {image.image_id: position for position, image in enumerate(log.images)}
-
-    downloaded: dict[str, set[int]] = {}
-    for event in split.train_downloads:
-        if event.image_id in index:
-            downloaded.setdefault(event.user_id, set()).add(index[event.image_id])
-    targets: dict[str, set[int]] = {}
-    for event in split.test_downloads:
-        position = index.get(event.image_id)
-        if position is not None and position not in downloaded.get(event.user_id, set()):
-            targets.setdefault(event.user_id, set()).add(position)
+    downloaded, targets, counts = split_targets(split, index, len(log.images))
     users = sorted(targets)
-
-    counts = np.zeros(len(log.images))
-    for event in split.train_downloads:
-        if event.image_id in index:
-            counts[index[event.image_id]] += 1
     popularity = np.lexsort((np.arange(len(counts)), -counts))
     exclude = {user_id: downloaded.get(user_id, set()) for user_id in users}
     return SplitView(split, users, exclude, targets, counts, popularity)

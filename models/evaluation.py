@@ -225,6 +225,29 @@ def score_row(row: str, rankings: Mapping[str, list[int]], targets: Mapping[str,
     }
 
 
+def split_targets(
+    split: TemporalSplit, index: Mapping[str, int], catalogue_size: int
+) -> tuple[dict[str, set[int]], dict[str, set[int]], np.ndarray]:
+    """Return per user the catalogue positions downloaded before the cutoff, the held-out targets, and download counts.
+
+    A target is an image a user downloaded after the cutoff and not before. Counts are downloads
+    before the cutoff per catalogue position. Images missing from `index` are left out.
+    """
+    downloaded: dict[str, set[int]] = {}
+    counts = np.zeros(catalogue_size)
+    for event in split.train_downloads:
+        position = index.get(event.image_id)
+        if position is not None:
+            downloaded.setdefault(event.user_id, set()).add(position)
+            counts[position] += 1
+    targets: dict[str, set[int]] = {}
+    for event in split.test_downloads:
+        position = index.get(event.image_id)
+        if position is not None and position not in downloaded.get(event.user_id, set()):
+            targets.setdefault(event.user_id, set()).add(position)
+    return downloaded, targets, counts
+
+
 def evaluate_log(
     log: EventLog,
     encoders: Mapping[str, StyleEncoder],
@@ -250,15 +273,7 @@ def evaluate_log(
                               "Pass downloads of other users only.")
     # NOTE: the catalogue is every image in the log, including images published after the cutoff.
     index = {image.image_id: position for position, image in enumerate(log.images)}
-    downloaded: dict[str, set[int]] = {}
-    for event in split.train_downloads:
-        if event.image_id in index:
-            downloaded.setdefault(event.user_id, set()).add(index[event.image_id])
-    targets: dict[str, set[int]] = {}
-    for event in split.test_downloads:
-        position = index.get(event.image_id)
-        if position is not None and position not in downloaded.get(event.user_id, set()):
-            targets.setdefault(event.user_id, set()).add(position)
+    downloaded, targets, counts = split_targets(split, index, len(log.images))
     if not targets:
         raise EvaluationError(f"no held-out download after cutoff {split.cutoff} names a known image; raise the holdout fraction")
     users = sorted(targets)
@@ -266,10 +281,6 @@ def evaluate_log(
     deep = normalised_deep_features(log.images)
     depth = 100
 
-    counts = np.zeros(len(log.images))
-    for event in split.train_downloads:
-        if event.image_id in index:
-            counts[index[event.image_id]] += 1
     extra_counted = 0
     for event in extra_downloads:
         if event.timestamp < split.cutoff and event.image_id in index:

@@ -72,9 +72,9 @@ class TopicSender:
                     raise
 
     async def _send_partition(self, partition: int, items: list[tuple[bytes | None, bytes]]) -> None:
-        # Accepted records leave `items`, so on an error it holds the unsent ones.
+        # Accepted records leave `items`, so after an error it contains the unsent ones.
         if len(items) < MIN_BATCH_RECORDS:
-            # aiokafka holds one record batch per partition until its sender takes it, so a new batch
+            # aiokafka keeps one record batch per partition until its sender takes it, so a new batch
             # waits up to the producer's linger time. A few records go one by one instead and join it.
             while items:
                 key, value = items[0]
