@@ -81,7 +81,8 @@ def run_repetition(kafka: EmbeddedKafka, work: Path, workload: Any, template: Pa
         live = result["live"]
         print(
             f"  live pipeline: {live['events_per_s']:.0f} events/s, {live['writes_per_event']:.3f} writes/event, "
-            f"{live['changelog_writes_per_event']:.3f} changelog writes/event, {live['events_per_batch']:.0f} events/batch; "
+            f"{live['table_writes_per_event']:.3f} table writes/event, {live['changelog_records_per_event']:.3f} changelog records/event, "
+            f"{live['events_per_batch']:.0f} events/batch; "
             f"at {live['paced_rate']:.0f} events/s p50 {live['freshness_p50_s']:.3f} s, p99 {live['freshness_p99_s']:.3f} s",
             flush=True,
         )

@@ -1,8 +1,9 @@
 """Measure the user-state table in-process: bytes per user and the processor's cost per event.
 
 This is the lighter method for large user counts: no Kafka and no worker. UserProcessor writes into
-a plain dict, which is what Faust's memory:// table store keeps, and every table write is also
-serialised with Faust's JSON codec, as the changelog does. Events are applied in batches per
+a plain dict, which is what Faust's memory:// table store keeps, and every `COMMIT_EVERY` events
+the users changed since the last commit are serialised once each, as the worker's changelog flush
+before an offset commit does. Events are applied in batches per
 topic, as the two agents do. Image vectors come from a pre-filled
 cache. Each user makes one search (20 results) and one download from it.
 
@@ -24,7 +25,6 @@ from typing import Any, Iterable
 
 import numpy as np
 import orjson
-from faust.utils import json as faust_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -37,15 +37,28 @@ from stylestream.streams.settings import Settings  # noqa: E402
 from stylestream.streams.stats import WorkerStats  # noqa: E402
 
 
+# Faust's default broker_commit_every: acknowledged events between two offset commits at most.
+COMMIT_EVERY = 10_000
+
+
 class ChangelogTable(dict):
-    """A dict that serialises each written value with Faust's JSON codec, as a table's changelog does."""
+    """A dict that serialises the values changed since the last `commit`, as the worker's changelog flush does."""
 
     changelog_bytes = 0
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed: set[str] = set()
+
     def write(self, key: str, partition: int, value: Any) -> None:
-        """Set `value` as the processor does, counting the bytes of its changelog record."""
-        self.changelog_bytes += len(faust_json.dumps(value))
+        """Set `value` as the processor does; its changelog record is counted on the next commit."""
         self[key] = value
+        self.changed.add(key)
+
+    def commit(self) -> None:
+        """Serialise each value changed since the last commit, counting the bytes of its changelog record."""
+        self.changelog_bytes += sum(len(orjson.dumps(self[key])) for key in self.changed)
+        self.changed.clear()
 
 
 class StaticImages:
@@ -61,19 +74,25 @@ class StaticImages:
         return await self.get_many(image_ids)
 
 
-async def apply_all(processor: UserProcessor, messages: Iterable[tuple[str, bytes, bytes]]) -> None:
-    """Validate and apply the messages in batches per topic, as the two agents do.
+async def apply_all(processor: UserProcessor, table: ChangelogTable, messages: Iterable[tuple[str, bytes, bytes]]) -> None:
+    """Validate and apply the messages in batches per topic, as the two agents do, committing every `COMMIT_EVERY`.
 
     Each window of messages is applied as one searches batch, then one downloads batch; the update
     is the same in any order of events.
     """
     batch_size = Settings().user_batch_size
     numbered = enumerate(messages)
+    since_commit = 0
     while window := list(islice(numbered, batch_size)):
         for topic in ("searches", "downloads"):
             batch = [UserMessage(key, value, 0, offset) for offset, (kind, key, value) in window if kind == topic]
             if batch:
                 await processor.apply_batch(topic, topic, batch)
+        since_commit += len(window)
+        if since_commit >= COMMIT_EVERY:
+            table.commit()
+            since_commit = 0
+    table.commit()
 
 
 def make_processor(table: ChangelogTable, vectors: dict[str, np.ndarray]) -> UserProcessor:
@@ -101,7 +120,7 @@ def main() -> int:
     gc.collect()
     before = rss_bytes_self()
     started = time.perf_counter()
-    asyncio.run(apply_all(processor, messages))
+    asyncio.run(apply_all(processor, table, messages))
     seconds = time.perf_counter() - started
     gc.collect()
     after = rss_bytes_self()
@@ -122,7 +141,7 @@ def time_workload(users: int) -> int:
     table = ChangelogTable()
     processor = make_processor(table, vectors)
     started = time.perf_counter()
-    asyncio.run(apply_all(processor, messages))
+    asyncio.run(apply_all(processor, table, messages))
     seconds = time.perf_counter() - started
     json.dump({
         "events": len(messages), "events_per_s": len(messages) / seconds,

@@ -2,9 +2,10 @@
 
 Event path: `downloads` / `searches`, in batches of up to `user_batch_size` events -> validation
 (bad input to `<topic>.dlq`) -> UserProcessor (style look-ups, preference update, one `user-state`
-table write per changed user and batch) -> ChangelogWriter (the batch's changelog records) ->
-UserSink (coalesced upserts into Qdrant every flush interval). Applied downloads are counted per
-image on the popularity topic. `images` -> validation -> ImageIndexer (style encoder, upsert into
+table write per changed user and batch) -> UserSink (coalesced upserts into Qdrant every flush
+interval). Before each offset commit, ChangelogWriter sends the newest state of every user changed
+since the last commit. Applied downloads are counted per image and sent to the popularity topic
+at the same point. `images` -> validation -> ImageIndexer (style encoder, upsert into
 the images collection, image cache).
 """
 
@@ -28,7 +29,7 @@ from stylestream.streams.images import ImageIndexer, ImageVectorCache
 from stylestream.streams.kafka_security import faust_credentials, kafka_python_options
 from stylestream.streams.lag import StallDetector, consumer_lag
 from stylestream.streams.ordering import OffsetGuard, RecordLookup
-from stylestream.streams.popularity import InvalidPopularityRecord, decode_counts, encode_counts
+from stylestream.streams.popularity import DownloadTally, InvalidPopularityRecord, decode_counts
 from stylestream.streams.processor import PROCESSING_ERROR, StateCache, UserMessage, UserProcessor
 from stylestream.streams.settings import Settings
 from stylestream.streams.sink import UserSink
@@ -66,7 +67,7 @@ class StyleStreamApp:
         # Offsets are committed only after the changelog records of the events they cover are sent,
         # a recovering worker resumes every partition at its committed offset, and each partition
         # is applied in offset order.
-        install_buffer_drain(self.app)
+        self.buffer_drain = install_buffer_drain(self.app)
         user_topics = {settings.downloads_topic, settings.searches_topic}
         self.record_lookup = RecordLookup(settings.bootstrap_servers, kafka_python_options(settings))
         self.offset_guard = OffsetGuard(self.app, user_topics, self.record_lookup, self.stats)
@@ -132,7 +133,9 @@ class StyleStreamApp:
         )
         self.user_states = ChangelogWriter(app, self.table, self.stats)
         self.image_counts = ChangelogWriter(app, self.download_counts, self.stats)
-        self.popularity = TopicSender(app, settings.popularity_topic(), self.stats)
+        self.downloads_per_image = DownloadTally(TopicSender(app, settings.popularity_topic(), self.stats), settings.image_partitions)
+        for writer in (self.user_states, self.downloads_per_image, self.image_counts):
+            self.buffer_drain.add_flush_hook(writer.flush)
         self.cache = ImageVectorCache(self.store, settings.image_cache_size)
         self.indexer = ImageIndexer(self.encoder, self.store, self.cache)
         # The processor and the sink share deserialised states, so neither rebuilds one per event.
@@ -186,20 +189,17 @@ class StyleStreamApp:
         try:
             result = await self.processor.apply_batch(kind, topic, messages)
         except Exception as exc:  # the agent must survive any batch; its events go to the DLQ
+            # Users written before the failure keep their new states; the next commit sends them.
             log.exception("Failed to apply a batch of %d %s events from offset %d", len(messages), topic, messages[0].offset)
             for message in messages:
                 await self.dead_letters.send(topic, message.key, message.value, PROCESSING_ERROR, repr(exc), message.partition, message.offset)
             return
-        finally:
-            # Send the queued changelog records before the batch is acknowledged, also when it failed
-            # after some users were written.
-            await self.user_states.drain()
 
         self.stats.applied[kind] += result.applied
         self.stats.duplicates[kind] += result.duplicates
         for message, error in result.rejected:
             await self.dead_letters.send(topic, message.key, message.value, error.reason, str(error), message.partition, message.offset)
-        await self.popularity.send(encode_counts(result.downloads_per_image, self.settings.image_partitions))
+        self.downloads_per_image.add(result.downloads_per_image)
 
     async def _images_agent(self, stream: faust.StreamT) -> None:
         topic = self.settings.images_topic
@@ -240,7 +240,6 @@ class StyleStreamApp:
                 total = self.download_counts.data.get(image_id, 0) + delta
                 self.image_counts.write(image_id, partition, total)
                 self.sink.mark_image_count(image_id, total)
-            await self.image_counts.drain()
 
     async def _flush(self) -> None:
         await self.sink.flush()

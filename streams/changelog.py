@@ -2,13 +2,13 @@
 
 Faust's `table[key] = value` queues each changelog record in its ProducerBuffer, which one task
 hands to aiokafka record by record, and `Topic.send` wraps every record in futures and callbacks.
-Here a table write sets the local store and queues its changelog record in the same step, so
-records leave in the order the values were set, even when two agents write the same key. The
-agents drain the queue after each batch, before its events are acknowledged. A drain hands the
-records of a partition to aiokafka as one record batch when there are many, instead of one call
-per record. Faust flushes the
-producer before every offset commit, so a committed offset never covers an event whose records
-are unsent.
+Here a table write sets the local store at once and marks the key as changed. Its changelog record
+waits for the next flush, which the worker runs before every offset commit (see
+`BufferDrain.add_flush_hook`), so a user changed by many batches between two commits is written
+once, with its newest value. That is the record cache of Kafka Streams: a committed offset still
+never covers an event whose changelog record is unsent, and after a crash the events after the
+committed offsets are applied again to the recovered state. A drain hands the records of a
+partition to aiokafka as one record batch when there are many, instead of one call per record.
 """
 
 from __future__ import annotations
@@ -99,13 +99,14 @@ class TopicSender:
 
     def _check_delivery(self, records: int, delivery: Any) -> None:
         if delivery.cancelled() or delivery.exception() is None:
+            self.stats.records_sent[self.topic] += records
             return
         self.stats.send_failures[self.topic] += records
         log.error("Failed to write %d records to %s: %r", records, self.topic, delivery.exception())
 
 
 class ChangelogWriter(TopicSender):
-    """Write keys of one Faust table: set the local store and queue the changelog record together.
+    """Write keys of one Faust table: set the local store now, send the newest value of each changed key on `flush`.
 
     Keys and values are JSON, as the table's `json` schema reads them back during recovery.
     """
@@ -113,9 +114,25 @@ class ChangelogWriter(TopicSender):
     def __init__(self, app: faust.App, table: Any, stats: WorkerStats) -> None:
         super().__init__(app, table.changelog_topic.get_topic_name(), stats)
         self.table = table
+        # Changed keys since the last flush, each with its partition and newest value. The value is
+        # kept here too, because a rebalance may drop it from the table before the flush.
+        self._changed: dict[str, tuple[int, Any]] = {}
 
     def write(self, key: str, partition: int, value: Any) -> None:
-        """Set `key` to `value` in the local store and queue its changelog record for `partition`."""
+        """Set `key` to `value` in the local store; its changelog record goes out on the next `flush`."""
         # NOTE: when a send fails, the local value stays, but a restarted worker recovers the previous one.
         self.table.data[key] = value
-        self.queue(orjson.dumps(key), partition, orjson.dumps(value))
+        self._changed[key] = (partition, value)
+
+    def changed(self) -> int:
+        """Return the number of keys written since the last flush."""
+        return len(self._changed)
+
+    async def flush(self) -> None:
+        """Send one changelog record per key written since the last flush, and return once the producer has them all."""
+        # Encoding and queueing happen before the first await, so records of two overlapping
+        # flushes still leave in write order.
+        changed, self._changed = self._changed, {}
+        for key, (partition, value) in changed.items():
+            self.queue(orjson.dumps(key), partition, orjson.dumps(value))
+        await self.drain()

@@ -4,12 +4,14 @@ and one so that new events are fetched without waiting.
 Measured with faust-streaming 0.15.3 and aiokafka 0.14.0.
 
 The producer drain. Faust commits source offsets after `producer.flush()`, which first drains its
-ProducerBuffer, where table changelog records wait to be sent. That drain is not a barrier:
+ProducerBuffer, where table changelog records wait to be sent. Faust also flushes the producer when
+partitions are revoked and when the app stops. That drain is not a barrier:
 `ProducerBuffer.flush_atmost` returns as soon as 0.1 s passes without a message being sent, and it
 also returns while the last message taken from the queue is still being handed to aiokafka. An
 offset can therefore be committed before the changelog record of the event it covers is written.
 `install_buffer_drain` replaces the drain with one that returns only when the queue is empty and no
-send is in progress.
+send is in progress. It first runs the flush hooks, which send the records the worker holds back
+until a commit (see `streams/changelog.py`).
 
 The seek back to committed offsets. While a table recovers, Faust drops the records aiokafka has
 already fetched and seeks every assigned partition back to its committed offset. aiokafka's
@@ -49,6 +51,11 @@ class BufferDrain:
         self.buffer = buffer
         self.in_flight = 0
         self._send_pending: Callable[[Any], Awaitable[None]] = buffer._send_pending
+        self._flush_hooks: list[Callable[[], Awaitable[None]]] = []
+
+    def add_flush_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run `hook` at the start of every flush, so what it sends is delivered before the offsets are committed."""
+        self._flush_hooks.append(hook)
 
     async def send_pending(self, message: Any) -> None:
         """Send one buffered message, counted as in progress until aiokafka has accepted it."""
@@ -65,9 +72,12 @@ class BufferDrain:
     async def flush(self) -> None:
         """Wait until every buffered message has been handed to the producer.
 
-        While the buffer runs this waits as long as it takes, because committing earlier would
-        lose updates. Once the buffer is stopping, a wait without progress raises RuntimeError.
+        The flush hooks run first, in the order they were added. While the buffer runs this waits as
+        long as it takes, because committing earlier would lose updates. Once the buffer is
+        stopping, a wait without progress raises RuntimeError.
         """
+        for hook in self._flush_hooks:
+            await hook()
         buffer = self.buffer
         waited = 0.0
         while self.unsent():

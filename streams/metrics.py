@@ -57,8 +57,10 @@ def render(stats: WorkerStats, pending_users: int) -> str:
     lines += _histogram("stylestream_flush_duration_seconds", "Duration of successful sink flushes.", stats.flush_seconds)
     lines += _family("stylestream_store_retries_total", "counter", "Failed sink flushes that were retried.", [({}, stats.flush_failures)])
     lines += _family("stylestream_users_upserted_total", "counter", "User points written to Qdrant.", [({}, stats.users_upserted)])
-    lines += _family("stylestream_state_writes_total", "counter", "User states written to the table and its changelog.",
+    lines += _family("stylestream_state_writes_total", "counter", "User states written to the table; the changelog gets the newest per commit.",
                      [({}, stats.state_writes)])
+    lines += _family("stylestream_records_sent_total", "counter", "Changelog and popularity records the broker accepted, per topic.",
+                     [({"topic": topic}, count) for topic, count in sorted(stats.records_sent.items())])
     lines += _family("stylestream_send_failures_total", "counter", "Changelog and popularity records the broker did not accept, per topic.",
                      [({"topic": topic}, count) for topic, count in sorted(stats.send_failures.items())])
     lines += _family("stylestream_images_upserted_total", "counter", "Image points written to Qdrant.", [({}, stats.images_upserted)])

@@ -1,9 +1,10 @@
 """Records of the popularity topic: applied downloads per image, on their way to the count table.
 
 User events are partitioned by user, and the image-download-counts table by image, so the user
-agents repartition their counts through this topic. Each batch sends one record per partition of
-the topic, with no key and a JSON object of image id to count, for example `{"img-1": 2}`. Every
-image in it belongs to that partition under the default partitioner, as the table's keys do.
+agents repartition their counts through this topic. `DownloadTally` adds up the downloads the user
+agents apply and sends them before every offset commit, one record per partition of the topic,
+with no key and a JSON object of image id to count, for example `{"img-1": 2}`. Every image in it
+belongs to that partition under the default partitioner, as the table's keys do.
 
 A consumed record costs Faust about as much as a user event. With one record per image and batch,
 this topic would carry about 0.4 records per user event on the simulated workload. A record with a
@@ -13,11 +14,12 @@ integer, where an empty value counts 1.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Mapping
 
 import orjson
 
+from stylestream.streams.changelog import TopicSender
 from stylestream.streams.topics import partition_for
 
 
@@ -31,6 +33,24 @@ def encode_counts(counts: Mapping[str, int], partitions: int) -> list[tuple[None
     for image_id, count in counts.items():
         by_partition[partition_for(image_id, partitions)][image_id] = count
     return [(None, partition, orjson.dumps(part)) for partition, part in sorted(by_partition.items())]
+
+
+class DownloadTally:
+    """Downloads per image applied since the last flush, on their way to the popularity topic."""
+
+    def __init__(self, sender: TopicSender, partitions: int) -> None:
+        self.sender = sender
+        self.partitions = partitions
+        self._counts: Counter[str] = Counter()
+
+    def add(self, counts: Mapping[str, int]) -> None:
+        """Add applied downloads per image."""
+        self._counts.update(counts)
+
+    async def flush(self) -> None:
+        """Send the counts added since the last flush, and return once the producer has them."""
+        counts, self._counts = self._counts, Counter()
+        await self.sender.send(encode_counts(counts, self.partitions))
 
 
 def decode_counts(key: bytes | None, value: bytes | None) -> dict[str, int]:

@@ -57,6 +57,7 @@ class WorkerStats:
     offset_gaps_acknowledged: int = 0
     user_batches: int = 0
     state_writes: int = 0
+    records_sent: Counter = field(default_factory=Counter)
     send_failures: Counter = field(default_factory=Counter)
     downloads_counted: int = 0
     last_flush_at: float | None = None
@@ -97,6 +98,7 @@ class WorkerStats:
             "offset_gaps_acknowledged": self.offset_gaps_acknowledged,
             "user_batches": self.user_batches,
             "state_writes": self.state_writes,
+            "records_sent": dict(self.records_sent),
             "send_failures": dict(self.send_failures),
             "downloads_counted": self.downloads_counted,
             "last_flush_at": self.last_flush_at,

@@ -1,4 +1,4 @@
-"""ChangelogWriter: records leave in the order values were set, across concurrent writers."""
+"""ChangelogWriter: one record per changed key and flush, leaving in the order values were set."""
 
 from __future__ import annotations
 
@@ -78,12 +78,12 @@ def test_concurrent_writes_keep_set_order() -> None:
     async def first() -> None:
         writer.write("user-1", 2, {"version": 1})
         writer.write("user-2", 0, {"version": 1})
-        await writer.drain()
+        await writer.flush()
 
     async def second() -> None:
         await asyncio.sleep(0)  # runs while the first drain is sending
         writer.write("user-1", 2, {"version": 2})
-        await writer.drain()
+        await writer.flush()
 
     async def both() -> None:
         await asyncio.gather(first(), second())
@@ -96,12 +96,32 @@ def test_concurrent_writes_keep_set_order() -> None:
     assert {(key, partition) for _, key, _, partition in producer.sent} == {(b'"user-1"', 2), (b'"user-2"', 0)}
 
 
+def test_flush_sends_newest_value_once_per_key() -> None:
+    writer, producer, table = make_writer()
+
+    async def run() -> None:
+        for version in range(5):
+            writer.write("user-1", 3, {"version": version})
+        writer.write("user-2", 0, {"version": 0})
+        assert producer.sent == []
+        await writer.flush()
+        await writer.flush()
+
+    asyncio.run(run())
+
+    assert [(key, partition, orjson.loads(value)["version"]) for _, key, value, partition in producer.sent] == [
+        (b'"user-1"', 3, 4), (b'"user-2"', 0, 0),
+    ]
+    assert table.data["user-1"] == {"version": 4}
+    assert writer.changed() == 0
+
+
 def test_drain_returns_after_own_records_sent() -> None:
     writer, producer, _ = make_writer()
 
     async def run() -> int:
         writer.write("user-1", 1, {"version": 1})
-        await writer.drain()
+        await writer.flush()
         return len(producer.sent)
 
     assert asyncio.run(run()) == 1
@@ -114,7 +134,7 @@ def test_full_batch_continues_in_next() -> None:
     async def run() -> None:
         for version in range(count):
             writer.write(f"user-{version}", 1, {"version": version})
-        await writer.drain()
+        await writer.flush()
 
     asyncio.run(run())
 
@@ -129,7 +149,7 @@ def test_few_records_sent_one_by_one() -> None:
     async def run() -> None:
         for version in range(3):
             writer.write(f"user-{version}", 0, {"version": version})
-        await writer.drain()
+        await writer.flush()
 
     asyncio.run(run())
 
@@ -146,13 +166,13 @@ def test_failed_send_keeps_unsent_records() -> None:
         writer.write("user-b", 1, {"version": 1})
         writer.write("user-c", 1, {"version": 2})
         try:
-            await writer.drain()
+            await writer.flush()
         except ConnectionError:
             pass
         else:
             raise AssertionError("drain should raise the producer's error")
         producer.failing_partition = None
-        await writer.drain()
+        await writer.flush()
 
     asyncio.run(run())
 

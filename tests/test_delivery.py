@@ -62,6 +62,27 @@ def test_drain_waits_for_slow_and_in_flight_sends() -> None:
     assert asyncio.run(scenario()) == ["record-0", "record-1", "record-2"]
 
 
+def test_flush_hooks_run_before_buffer_wait() -> None:
+    async def scenario() -> list[str]:
+        buffer = SlowBuffer(send_seconds=0.01)
+        drain = BufferDrain(buffer)
+        sender = asyncio.create_task(buffer.run(drain))
+        calls: list[str] = []
+
+        async def hold_back_records() -> None:
+            # A hook's records join the buffer, and flush returns only once they are sent too.
+            calls.append(f"hook saw {len(buffer.sent)} sent")
+            buffer.pending.put_nowait("changelog-record")
+
+        drain.add_flush_hook(hold_back_records)
+        buffer.pending.put_nowait("record-0")
+        await drain.flush()
+        sender.cancel()
+        return calls + buffer.sent
+
+    assert asyncio.run(scenario()) == ["hook saw 0 sent", "record-0", "changelog-record"]
+
+
 def test_drain_raises_when_stopped_buffer_stalls() -> None:
     async def scenario() -> None:
         buffer = SlowBuffer(send_seconds=0.0)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Iterable
+
 import pytest
 
-from stylestream.streams.popularity import InvalidPopularityRecord, decode_counts, encode_counts
+from stylestream.streams.popularity import DownloadTally, InvalidPopularityRecord, decode_counts, encode_counts
 from stylestream.streams.topics import partition_for
 
 
@@ -25,6 +28,34 @@ def test_encode_one_record_per_partition() -> None:
 
 def test_encode_nothing_for_no_downloads() -> None:
     assert encode_counts({}, partitions=2) == []
+
+
+class RecordingSender:
+    """A TopicSender stand-in that keeps the records it is given."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[None, int, bytes]] = []
+
+    async def send(self, records: Iterable[tuple[None, int, bytes]]) -> None:
+        self.sent.extend(records)
+
+
+def test_tally_sends_sum_of_batches_per_flush() -> None:
+    sender = RecordingSender()
+    tally = DownloadTally(sender, partitions=2)  # type: ignore[arg-type]
+
+    async def run() -> list[dict[str, int]]:
+        tally.add({"img-1": 1, "img-2": 2})
+        tally.add({"img-1": 3})
+        await tally.flush()
+        first = [decode_counts(key, value) for key, _, value in sender.sent]
+        await tally.flush()
+        return first
+
+    first = asyncio.run(run())
+
+    assert {image_id: count for part in first for image_id, count in part.items()} == {"img-1": 4, "img-2": 2}
+    assert len(sender.sent) == len(first)
 
 
 @pytest.mark.parametrize(
