@@ -189,7 +189,7 @@ def _apply_negatives(
     # Every negative has the search's event time, so one decayed add of their sum is the same update.
     ignored = [vectors[image_id] for image_id in results if image_id not in skip]
     if ignored:
-        _add_sum(state, -params.impression_weight, timestamp, np.sum(ignored, axis=0), params)
+        _add_sum(state, -params.impression_weight, timestamp, np.add.reduce(ignored), params)
 
 
 def _bound_searches(state: UserState, params: PreferenceParams) -> None:
