@@ -102,10 +102,6 @@ class UserState:
         The dict's containers are copies. What they share with the state (links, download entries,
         result lists) the update functions never change in place.
         """
-        # NOTE: each batch that changes a user rewrites the whole state, about 15 KB per user on the
-        # simulated workload and three quarters of it remembered searches. Serialising it is about a
-        # fifth of the user path's time. Keeping searches in their own table, or forgetting them by
-        # age, would shrink each changelog record to a few kilobytes.
         return {
             "user_id": self.user_id,
             "vector": self.vector.tolist(),
