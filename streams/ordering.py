@@ -12,6 +12,11 @@ of every partition, from the committed offset the consumer seeks to after an ass
 from each processed event. When a later record arrives first, it looks up whether records exist
 in between. If they do, it seeks the partition back and skips events until the expected one
 arrives. If none exist, which is normal for transaction markers, it acknowledges the gap as Faust would.
+
+Faust's fetch loop also drops every record below the partition's read offset, and it still hands
+over the records fetched before a seek, each of which moves the read offset past the seek target.
+So the records fetched again after the guard's seek were dropped, and the partition stalled until
+the worker restarted. While a partition is sought back, its read offset therefore reads as unknown.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import defaultdict
 from typing import Any, Callable
 
 import faust
@@ -30,6 +36,19 @@ log = logging.getLogger(__name__)
 
 # How long the look-up for records inside a gap waits for the broker before it assumes records exist.
 LOOKUP_TIMEOUT_MS = 2000
+
+
+class _ReadOffsets(defaultdict):
+    """Faust's read offset per partition, which reads as unknown (None) while the partition is sought back."""
+
+    def __init__(self, offsets: dict[Any, int | None], rewinding: dict[tuple[str, int], int]) -> None:
+        super().__init__(lambda: None, offsets)
+        self.rewinding = rewinding
+
+    def __getitem__(self, tp: Any) -> int | None:
+        if (tp.topic, tp.partition) in self.rewinding:
+            return None
+        return super().__getitem__(tp)
 
 
 class OffsetGuard:
@@ -48,6 +67,9 @@ class OffsetGuard:
         self._add_gap = consumer._add_gap
         # Faust's consumer calls this on every jump in offsets; for `topics` the guard decides instead.
         consumer._add_gap = self._add_gap_outside_topics
+        # NOTE: replaces a private mapping of faust-streaming 0.15.3, whose fetch loop binds its
+        # __getitem__ when it starts, so this must run before the app starts.
+        consumer._read_offset = _ReadOffsets(consumer._read_offset, self.rewinding)
 
     async def _add_gap_outside_topics(self, tp: Any, offset_from: int, offset_to: int) -> None:
         if tp.topic not in self.topics:

@@ -390,7 +390,7 @@ class AsyncStyleStore:
     run on one thread, which also serialises them as the local mode requires. Qdrant Edge works in
     process and holds the GIL for most of a call, so on a thread its calls only traded the GIL
     with the agents. Measured at 4,000 events/s, a flush of up to 300 users took 0.19 to 0.23 s at
-    the 99th percentile on the thread and 0.05 s in the loop. A backlog also drained about 15 %
+    the 99th percentile on the thread and 0.05 s in the loop. A backlog also drained about 14 %
     faster in the loop.
     """
 

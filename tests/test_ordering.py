@@ -35,9 +35,12 @@ class FakeConsumer:
     seeks: list[tuple[TP, int]] = field(default_factory=list)
     gaps: list[tuple[TP, int, int]] = field(default_factory=list)
     _unacked_messages: set[Any] = field(default_factory=set)
+    _read_offset: dict[TP, int | None] = field(default_factory=dict)
 
     async def seek(self, tp: TP, offset: int) -> None:
+        # Faust's seek sets the read offset; its fetch loop sets it again after each record it hands over.
         self.seeks.append((tp, offset))
+        self._read_offset[tp] = offset
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         self.gaps.append((tp, offset_from, offset_to))
@@ -87,6 +90,23 @@ def test_skipped_records_sought_back() -> None:
     assert guard.stats.offset_gaps_rewound == 1
     assert (TOPIC, 0) not in guard.rewinding
     assert consumer.gaps == []
+
+
+def test_read_offset_unknown_while_rewinding() -> None:
+    guard, consumer = _guard(records_exist=True)
+    tp = TP(TOPIC, 0)
+
+    _admit(guard, FakeMessage(TOPIC, 0, 15))
+    # A record fetched before the seek is handed over after it and moves the read offset past 10.
+    consumer._read_offset[tp] = 16
+    during = consumer._read_offset[tp]
+    _admit(guard, FakeMessage(TOPIC, 0, 10))
+    consumer._read_offset[tp] = 10
+    after = consumer._read_offset[tp]
+
+    assert during is None
+    assert after == 10
+    assert consumer._read_offset[TP(TOPIC, 1)] is None
 
 
 def test_gap_without_records_acknowledged() -> None:
