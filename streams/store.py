@@ -249,14 +249,23 @@ class StyleStore:
     @_locked
     def upsert_users(self, users: Sequence[tuple[str, np.ndarray, dict[str, Any]]]) -> None:
         """Upsert users in one request, as (user_id, vector, payload) triples."""
+        self._upsert_users([user_point_uuid(user_id) for user_id, _, _ in users], users)
+
+    def _upsert_users(self, point_ids: Sequence[uuid.UUID], users: Sequence[tuple[str, np.ndarray, dict[str, Any]]]) -> None:
+        if not users:
+            return
+        if isinstance(self.client, EdgeClient):
+            # Qdrant Edge takes the rows of a float32 matrix, without qdrant-client's point models.
+            vectors = np.asarray([vector for _, vector, _ in users], dtype=np.float32)
+            self.client.upsert_matrix(self.users, point_ids, vectors, [payload for _, _, payload in users])
+            return
         points = [
             qm.PointStruct.model_construct(
-                id=user_point_id(user_id), vector=np.asarray(vector, dtype=np.float32).tolist(), payload=payload
+                id=str(point_id), vector=np.asarray(vector, dtype=np.float32).tolist(), payload=payload
             )
-            for user_id, vector, payload in users
+            for point_id, (_, vector, payload) in zip(point_ids, users)
         ]
-        if points:
-            self.client.upsert(self.users, points=points, wait=True)
+        self.client.upsert(self.users, points=points, wait=True)
 
     @_locked
     def upsert_user_matrix(self, user_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None:
@@ -277,23 +286,26 @@ class StyleStore:
         """
         if not users:
             return 0
+        point_ids = [user_point_uuid(user_id) for user_id, _, _ in users]
         stored = self.client.retrieve(
-            self.users, ids=[user_point_id(user_id) for user_id, _, _ in users],
+            self.users, ids=[str(point_id) for point_id in point_ids],
             with_payload=["user_id", "event_count", "model_version"],
         )
         current = {
             point.payload["user_id"]: point.payload for point in stored if point.payload and "user_id" in point.payload
         }
-        newer = []
-        for user_id, vector, payload in users:
+        newer_ids, newer = [], []
+        for point_id, user in zip(point_ids, users):
+            user_id, _, payload = user
             existing = current.get(user_id)
             same_model = existing is not None and existing.get("model_version") == payload["model_version"]
             if same_model and int(existing.get("event_count", -1)) >= int(payload["event_count"]):
                 continue
-            newer.append((user_id, vector, payload))
+            newer_ids.append(point_id)
+            newer.append(user)
         # NOTE: the read and the write are two requests, so two writers racing inside that window
         # can still reorder; Qdrant server 1.16+ can make this atomic with upsert's update_filter.
-        self.upsert_users(newer)
+        self._upsert_users(newer_ids, newer)
         return len(newer)
 
     @_locked
