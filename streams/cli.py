@@ -142,7 +142,7 @@ def worker(**overrides: Any) -> None:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @setting_options
 def produce(topic: str, files: tuple[Path, ...], kind: str | None, no_progress: bool, **overrides: Any) -> None:
-    """Send JSONL or CSV events from FILES into TOPIC (the broker must be a kafka:// URL)."""
+    """Send JSONL or CSV events from FILES into TOPIC, on a kafka:// broker or a running worker's embedded one (same --data-dir)."""
     from stylestream.streams.produce import produce_file
     from stylestream.streams.topics import declare_topics
 

@@ -234,7 +234,7 @@ class UserProcessor:
             result.rejected.append((event.message, InvalidEvent(
                 UNKNOWN_IMAGE,
                 f"image {event.image_id!r} is unknown after waiting {self.image_wait_seconds:.1f} s; "
-                "publish its images event first, then replay this dead letter",
+                "publish its images event first, then produce this dead letter to its source topic again",
                 "image_id",
             )))
         return known
