@@ -208,6 +208,13 @@ def test_evaluate_command_writes_reports(tmp_path: Path) -> None:
     assert (tmp_path / "plots" / "acc_at_k.png").stat().st_size > 0
 
 
+def _write_log(folder: Path) -> None:
+    """Simulate 40 users on the 300-image catalogue that `_write_extra_users` also uses, and write their log."""
+    from stylestream.models.simulation import SimulationConfig, simulate
+
+    simulate(SimulationConfig(images=300, users=40, seed=5), end_time=1.7e9).write(folder)
+
+
 def _write_extra_users(folder: Path) -> None:
     """Simulate 20 users on the catalogue of seed 5 and write their events with user ids prefixed by "extra-"."""
     from stylestream.models.simulation import SimulationConfig, simulate
@@ -221,11 +228,9 @@ def _write_extra_users(folder: Path) -> None:
 
 
 def test_train_command_adds_extra_events(tmp_path: Path) -> None:
-    from stylestream.models.simulation import SimulationConfig, simulate
-
     events = tmp_path / "events"
     extra = tmp_path / "extra"
-    simulate(SimulationConfig(images=300, users=40, seed=5), end_time=1.7e9).write(events)
+    _write_log(events)
     _write_extra_users(extra)
     checkpoint = tmp_path / "encoder.pt"
     arguments = ["train", "--events", str(events), "--extra-events", str(extra), "--checkpoint", str(checkpoint),
@@ -240,10 +245,8 @@ def test_train_command_adds_extra_events(tmp_path: Path) -> None:
 
 
 def test_train_command_rejects_shared_users(tmp_path: Path) -> None:
-    from stylestream.models.simulation import SimulationConfig, simulate
-
     events = tmp_path / "events"
-    simulate(SimulationConfig(images=300, users=40, seed=5), end_time=1.7e9).write(events)
+    _write_log(events)
     arguments = ["train", "--events", str(events), "--extra-events", str(events), "--checkpoint", str(tmp_path / "encoder.pt"),
                  "--batch-size", "32", "--epochs", "1", "--no-progress"]
 
@@ -255,11 +258,9 @@ def test_train_command_rejects_shared_users(tmp_path: Path) -> None:
 
 
 def test_evaluate_command_counts_extra_events(tmp_path: Path) -> None:
-    from stylestream.models.simulation import SimulationConfig, simulate
-
     events = tmp_path / "events"
     extra = tmp_path / "extra"
-    simulate(SimulationConfig(images=300, users=40, seed=5), end_time=1.7e9).write(events)
+    _write_log(events)
     _write_extra_users(extra)
     arguments = ["evaluate", "--events", str(events), "--json", str(tmp_path / "plain.json")]
 
@@ -284,10 +285,8 @@ def test_evaluate_command_counts_extra_events(tmp_path: Path) -> None:
 
 
 def test_evaluate_command_rejects_shared_users(tmp_path: Path) -> None:
-    from stylestream.models.simulation import SimulationConfig, simulate
-
     events = tmp_path / "events"
-    simulate(SimulationConfig(images=300, users=40, seed=5), end_time=1.7e9).write(events)
+    _write_log(events)
     arguments = ["evaluate", "--events", str(events), "--extra-events", str(events), "--json", str(tmp_path / "r.json")]
 
     result = CliRunner().invoke(main, arguments)
@@ -298,11 +297,9 @@ def test_evaluate_command_rejects_shared_users(tmp_path: Path) -> None:
 
 
 def test_evaluate_command_rejects_repeated_folder(tmp_path: Path) -> None:
-    from stylestream.models.simulation import SimulationConfig, simulate
-
     events = tmp_path / "events"
     extra = tmp_path / "extra"
-    simulate(SimulationConfig(images=300, users=40, seed=5), end_time=1.7e9).write(events)
+    _write_log(events)
     _write_extra_users(extra)
     arguments = ["evaluate", "--events", str(events), "--extra-events", str(extra), "--extra-events", str(extra),
                  "--json", str(tmp_path / "r.json")]
