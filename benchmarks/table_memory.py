@@ -37,7 +37,7 @@ from stylestream.streams.settings import Settings  # noqa: E402
 from stylestream.streams.stats import WorkerStats  # noqa: E402
 
 
-# Faust's default broker_commit_every: acknowledged events between two offset commits at most.
+# Faust's default broker_commit_every: the most acknowledged events between two offset commits.
 COMMIT_EVERY = 10_000
 
 
@@ -51,7 +51,7 @@ class ChangelogTable(dict):
         self.changed: set[str] = set()
 
     def write(self, key: str, partition: int, value: Any) -> None:
-        """Set `value` as the processor does; its changelog record is counted on the next commit."""
+        """Set `value` as the processor does. Its changelog record is counted on the next commit."""
         self[key] = value
         self.changed.add(key)
 

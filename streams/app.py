@@ -253,8 +253,8 @@ class StyleStreamApp:
             started = loop.time()
             try:
                 await self.sink.flush()
-            except Exception:  # one failed flush must not end the loop; the sink retries store errors itself
-                log.exception("Sink flush failed; the next flush runs in %.2f s", interval)
+            except Exception:  # one failed flush must not end the loop, and the sink retries store errors itself
+                log.exception("Sink flush failed, next attempt in %.2f s", interval)
             await asyncio.sleep(max(started + interval - loop.time(), 0.0))
 
     async def _check_liveness(self) -> None:

@@ -5,8 +5,8 @@ hands to aiokafka record by record, and `Topic.send` wraps every record in futur
 Here a table write sets the local store at once and marks the key as changed. Its changelog record
 waits for the next flush, which the worker runs before every offset commit (see
 `BufferDrain.add_flush_hook`), so a user changed by many batches between two commits is written
-once, with its newest value. That is the record cache of Kafka Streams: a committed offset still
-never covers an event whose changelog record is unsent, and after a crash the events after the
+once, with its newest value. Kafka Streams' record cache works the same way. A committed offset
+still never covers an event whose changelog record is unsent. After a crash, the events after the
 committed offsets are applied again to the recovered state. A drain hands the records of a
 partition to aiokafka as one record batch when there are many, instead of one call per record.
 """
@@ -119,7 +119,7 @@ class ChangelogWriter(TopicSender):
         self._changed: dict[str, tuple[int, Any]] = {}
 
     def write(self, key: str, partition: int, value: Any) -> None:
-        """Set `key` to `value` in the local store; its changelog record goes out on the next `flush`."""
+        """Set `key` to `value` in the local store. Its changelog record goes out on the next `flush`."""
         # NOTE: when a send fails, the local value stays, but a restarted worker recovers the previous one.
         self.table.data[key] = value
         self._changed[key] = (partition, value)

@@ -2,9 +2,9 @@
 
 User events are partitioned by user, and the image-download-counts table by image, so the user
 agents repartition their counts through this topic. `DownloadTally` adds up the downloads the user
-agents apply and sends them before every offset commit, one record per partition of the topic,
-with no key and a JSON object of image id to count, for example `{"img-1": 2}`. Every image in it
-belongs to that partition under the default partitioner, as the table's keys do.
+agents apply. Before every offset commit it sends them as one record per partition of the topic,
+with no key and a JSON object of image id to count, for example `{"img-1": 2}`. Every image in a
+record belongs to that partition under the default partitioner, as the table's keys do.
 
 A consumed record costs Faust about as much as a user event. With one record per image and batch,
 this topic would carry about 0.4 records per user event on the simulated workload. A record with a

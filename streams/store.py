@@ -396,7 +396,7 @@ def open_client(settings: Settings, create: bool = True) -> Any:
 
 
 class AsyncStyleStore:
-    """Run StyleStore calls for the event loop: on one dedicated thread, or in the loop for Qdrant Edge.
+    """Async access to a StyleStore: calls run on one dedicated thread, or in the event loop for Qdrant Edge.
 
     A Qdrant server or qdrant-client's local mode waits on the network or the disk, so its calls
     run on one thread, which also serialises them as the local mode requires. Qdrant Edge works in

@@ -170,7 +170,7 @@ def test_failed_send_keeps_unsent_records() -> None:
         except ConnectionError:
             pass
         else:
-            raise AssertionError("drain should raise the producer's error")
+            raise AssertionError("flush should raise the producer's error")
         producer.failing_partition = None
         await writer.flush()
 
